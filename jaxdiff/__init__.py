@@ -1,0 +1,3 @@
+"""jaxdiff: diffusion models in JAX."""
+
+__version__ = "0.1.0"
