@@ -1,0 +1,111 @@
+"""The Gaussian diffusion process as pure functions of arrays and a `Schedule`.
+
+`t` is always an integer array of step indices into the schedule's tables, one per example.
+Coefficients are gathered in float32 (float64 when x is float64 and x64 is on) and results are
+cast back to x's dtype, so bf16 activations do not degrade the schedule arithmetic.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxdiff.schedules import Schedule
+
+PREDICTIONS = ("epsilon", "x0", "v")
+
+
+def compute_dtype(x: jnp.ndarray):
+  return jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+
+
+def extract(schedule: Schedule, name: str, t: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
+  """schedule.<name>[t] shaped to broadcast against x (batch first)."""
+  values = schedule.table(name, compute_dtype(x))[t]
+  return values.reshape(values.shape + (1,) * (x.ndim - values.ndim))
+
+
+def q_sample(x0, t, noise, *, schedule: Schedule):
+  """x_t ~ q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I), reparameterized by `noise`."""
+  a = extract(schedule, "sqrt_alphas_cumprod", t, x0)
+  s = extract(schedule, "sqrt_one_minus_alphas_cumprod", t, x0)
+  return (a * x0 + s * noise).astype(x0.dtype)
+
+
+def q_posterior(x0, x_t, t, *, schedule: Schedule):
+  """Mean, variance and clipped log-variance of q(x_{t−1} | x_t, x_0)."""
+  mean = (extract(schedule, "posterior_mean_coef1", t, x_t) * x0
+          + extract(schedule, "posterior_mean_coef2", t, x_t) * x_t)
+  variance = extract(schedule, "posterior_variance", t, x_t)
+  log_variance = extract(schedule, "posterior_log_variance_clipped", t, x_t)
+  return mean.astype(x_t.dtype), variance, log_variance
+
+
+def v_from_x0_eps(x0, eps, t, *, schedule: Schedule):
+  """v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho 2022)."""
+  a = extract(schedule, "sqrt_alphas_cumprod", t, x0)
+  s = extract(schedule, "sqrt_one_minus_alphas_cumprod", t, x0)
+  return (a * eps - s * x0).astype(x0.dtype)
+
+
+def x0_and_eps(output, x_t, t, *, schedule: Schedule, prediction: str):
+  """Both x_0 and ε implied by a model output of the given parameterization at steps t."""
+  alpha_cumprod = extract(schedule, "alphas_cumprod", t, x_t)
+  return x0_and_eps_at(output, x_t, alpha_cumprod, prediction=prediction)
+
+
+def x0_and_eps_at(output, x_t, alpha_cumprod, *, prediction: str):
+  """x_0 and ε from a model output, given ᾱ itself (broadcastable against x_t).
+
+  Samplers use this form: they walk their own sequence of ᾱ values (DDIM's sub-sequence, the
+  final ᾱ = 1), not the schedule's index space.
+  """
+  a, s = jnp.sqrt(alpha_cumprod), jnp.sqrt(1 - alpha_cumprod)
+  if prediction == "epsilon":
+    x0, eps = (x_t - s * output) / a, output
+  elif prediction == "x0":
+    x0, eps = output, (x_t - a * output) / s
+  elif prediction == "v":
+    x0, eps = a * x_t - s * output, a * output + s * x_t
+  else:
+    raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}.")
+  return x0.astype(x_t.dtype), eps.astype(x_t.dtype)
+
+
+def target(x0, noise, t, *, schedule: Schedule, prediction: str):
+  """What a model of the given parameterization is trained to output."""
+  if prediction == "epsilon":
+    return noise
+  if prediction == "x0":
+    return x0
+  if prediction == "v":
+    return v_from_x0_eps(x0, noise, t, schedule=schedule)
+  raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}.")
+
+
+def sample_timesteps(key, batch_size: int, *, schedule: Schedule):
+  """t ~ Uniform{0, …, N−1}."""
+  return jax.random.randint(key, (batch_size,), 0, schedule.num_timesteps)
+
+
+def mse_loss(key, model_fn: Callable, x0, *, schedule: Schedule, prediction: str = "epsilon",
+             weights=None):
+  """L_simple: E_t,ε ‖target − model(x_t, t)‖² averaged over pixels.
+
+  `model_fn(x_t, t)` returns the prediction; when it returns twice the channels (a learned
+  variance), the first half is the prediction. `weights` (per example) scale each example's loss.
+  Returns (scalar loss, per-example losses).
+  """
+  key_t, key_noise = jax.random.split(key)
+  t = sample_timesteps(key_t, x0.shape[0], schedule=schedule)
+  noise = jax.random.normal(key_noise, x0.shape, x0.dtype)
+  x_t = q_sample(x0, t, noise, schedule=schedule)
+  output = model_fn(x_t, t)[..., :x0.shape[-1]]
+  error = (output.astype(jnp.float32)
+           - target(x0, noise, t, schedule=schedule, prediction=prediction).astype(jnp.float32))
+  per_example = jnp.mean(jnp.square(error), axis=tuple(range(1, x0.ndim)))
+  if weights is not None:
+    per_example = per_example * weights
+  return jnp.mean(per_example), per_example

@@ -1,0 +1,81 @@
+"""DDIM sampling (Song et al. 2021), step for step as diffusers' DDIMScheduler."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff.diffusion import compute_dtype, x0_and_eps_at
+from jaxdiff.samplers.loop import call_model, run_steps
+from jaxdiff.schedules import Schedule
+
+SPACINGS = ("leading", "trailing", "linspace")
+
+
+def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "leading",
+                   steps_offset: int = 0) -> np.ndarray:
+  """The decreasing timesteps DDIM visits, by diffusers' three spacings.
+
+  'leading' (the DDIM paper's) is k·⌊T/n⌋ and never visits T−1; 'trailing' ends at T−1
+  (Lin et al. 2024 recommend it); 'linspace' rounds an even grid over [0, T−1].
+  """
+  if not 1 <= num_steps <= num_train_timesteps:
+    raise ValueError(f"num_steps must lie in [1, {num_train_timesteps}], got {num_steps}.")
+  if spacing == "leading":
+    steps = np.arange(num_steps) * (num_train_timesteps // num_steps) + steps_offset
+  elif spacing == "trailing":
+    steps = np.round(np.arange(num_train_timesteps, 0, -num_train_timesteps / num_steps)) - 1
+  elif spacing == "linspace":
+    steps = np.linspace(0, num_train_timesteps - 1, num_steps).round()
+  else:
+    raise ValueError(f"unknown spacing {spacing!r}; choose one of {SPACINGS}.")
+  return np.sort(steps.astype(np.int64))[::-1]
+
+
+def ddim(model_fn: Callable, schedule: Schedule, x_T, *, num_steps: int = 50, eta: float = 0.0,
+         spacing: str = "leading", steps_offset: int = 0, set_alpha_to_one: bool = True,
+         prediction: str = "epsilon", clip_denoised: bool = True, clip_range: float = 1.0,
+         use_clipped_model_output: bool = False, key=None, noise=None,
+         return_trajectory: bool = False):
+  """Samples x_0 from x_T with `num_steps` DDIM steps; η = 0 is deterministic, η = 1 is DDPM-like.
+
+  Follows diffusers' semantics exactly: the step from t goes to t − ⌊T/n⌋ whatever the spacing
+  (so 'linspace' lands between its own grid points), and the last step goes to ᾱ = 1 when
+  `set_alpha_to_one`, else to ᾱ_0. With `use_clipped_model_output`, ε is recomputed from the
+  clipped x_0 (ADM's DDIM). `schedule` must be un-respaced: DDIM chooses its own sub-sequence.
+  """
+  if schedule.num_timesteps != schedule.num_train_timesteps:
+    raise ValueError("ddim takes the full training schedule; it picks its own timesteps.")
+  if not 0.0 <= eta <= 1.0:
+    raise ValueError(f"eta must lie in [0, 1], got {eta}.")
+  T = schedule.num_timesteps
+  dtype = compute_dtype(x_T)
+  timesteps = ddim_timesteps(T, num_steps, spacing, steps_offset)
+  prev = timesteps - T // num_steps
+  alphas_cumprod = schedule.table("alphas_cumprod", dtype)
+  final = jnp.ones((), dtype) if set_alpha_to_one else alphas_cumprod[0]
+  per_step = {
+      "t": jnp.asarray(timesteps, jnp.int32),
+      "a_t": alphas_cumprod[timesteps],
+      "a_prev": jnp.where(jnp.asarray(prev >= 0), alphas_cumprod[np.maximum(prev, 0)], final),
+  }
+
+  def step(x, s, z):
+    out = call_model(model_fn, x, s["t"])[..., :x.shape[-1]]
+    a_t, a_prev = s["a_t"], s["a_prev"]
+    x0, eps = x0_and_eps_at(out, x, a_t, prediction=prediction)
+    if clip_denoised:
+      x0 = jnp.clip(x0, -clip_range, clip_range)
+      if use_clipped_model_output:
+        eps = (x - jnp.sqrt(a_t) * x0) / jnp.sqrt(1 - a_t)
+    variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
+    std = eta * jnp.sqrt(variance)
+    x_prev = jnp.sqrt(a_prev) * x0 + jnp.sqrt(1 - a_prev - std**2) * eps
+    if eta > 0:
+      x_prev = x_prev + std * z
+    return x_prev.astype(x.dtype)
+
+  return run_steps(step, x_T, per_step, key=key, noise=noise, needs_noise=eta > 0,
+                   return_trajectory=return_trajectory)
