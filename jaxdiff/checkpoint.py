@@ -1,0 +1,93 @@
+"""Orbax checkpoints of the train state and the data iterator, restored from the newest good one.
+
+A checkpoint that cannot be read (a file truncated or missing) is moved aside into
+`<workdir>/checkpoints_corrupt/` with a warning and the previous one is tried: nothing is deleted
+except by Orbax's keep-K rotation of good checkpoints, and a crash never loses a good one because
+Orbax commits a checkpoint by an atomic rename once every file is written.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint in a directory could be restored."""
+
+
+class Checkpointer:
+  """Saves {'state': pytree, 'data': JSON} every few steps, keeping the newest `keep`."""
+
+  def __init__(self, directory, *, keep: int = 3, async_save: bool = True):
+    self.directory = pathlib.Path(directory).absolute()
+    self._options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(self.directory, options=self._options)
+
+  def save(self, step: int, state, data_state: dict | None = None, *, force: bool = False):
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_state is not None:
+      items["data"] = ocp.args.JsonSave(data_state)
+    return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.close()
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def restore_latest(self, abstract_state, *, with_data: bool = True):
+    """(step, state, data_state) of the newest readable checkpoint, or None when there is none.
+
+    `abstract_state` gives the tree structure, shapes, dtypes and shardings to restore into.
+    """
+    tried = []
+    for step in reversed(self.steps()):
+      try:
+        return step, *self._restore(step, abstract_state, with_data)
+      except Exception as e:  # noqa: BLE001 — any failure to read means "corrupt", by design
+        tried.append(step)
+        logging.warning("checkpoint at step %d cannot be restored (%s: %s); moving it aside and "
+                        "trying the previous one.", step, type(e).__name__, e)
+        self._set_aside(step)
+    if tried:
+      raise CheckpointError(
+          f"none of the checkpoints in {self.directory} (steps {tried}) could be restored; they "
+          f"were moved to {self.directory.parent / 'checkpoints_corrupt'}. Restore a good copy or "
+          "start in a new --workdir.")
+    return None
+
+  def _restore(self, step, abstract_state, with_data):
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if with_data and (self.directory / str(step) / "data").exists():
+      items["data"] = ocp.args.JsonRestore()
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    return restored["state"], restored.get("data") if with_data else None
+
+  def _set_aside(self, step):
+    if jax.process_index() == 0:
+      aside = self.directory.parent / "checkpoints_corrupt"
+      aside.mkdir(exist_ok=True)
+      target = aside / f"{step}"
+      suffix = 0
+      while target.exists():
+        suffix += 1
+        target = aside / f"{step}.{suffix}"
+      shutil.move(os.fspath(self.directory / str(step)), os.fspath(target))
+    # Orbax caches the step list; a fresh manager sees the directory as it now is.
+    self._manager.close()
+    self._manager = ocp.CheckpointManager(self.directory, options=self._options)
+
+
+def abstract(tree):
+  """Shapes, dtypes and shardings of a tree of arrays, for restoring into."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

@@ -1,0 +1,69 @@
+"""Command line: python -m jaxdiff.main --config=configs/X.py --workdir=DIR --mode=train|sample.
+
+Overrides: --config.train.num_steps=2000 (an unknown key is an error). Errors a user can cause
+end in one sentence on stderr and exit code 1; checkpoints are never touched by an error.
+"""
+
+import pathlib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxdiff.checkpoint import CheckpointError
+from jaxdiff.data import DatasetNotPreparedError
+from jaxdiff.train.setup import TrainingError
+
+_DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "digits.py"
+
+
+def _define_config_flag():
+  # config_flags applies --config.* overrides already here, so an unknown key fails at definition.
+  try:
+    config_flags.DEFINE_config_file("config", str(_DEFAULT_CONFIG), "Experiment config file.",
+                                    lock_config=True)
+  except (AttributeError, KeyError) as e:
+    print(f"error: a --config override names a key the config does not have: {e}",
+          file=sys.stderr)
+    sys.exit(1)
+
+
+_define_config_flag()
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.",
+                    required=True)
+flags.DEFINE_enum("mode", "train", ["train", "sample"],
+                  "train (resumes from the newest checkpoint) or sample (from its EMA params).")
+FLAGS = flags.FLAGS
+
+USER_ERRORS = (TrainingError, CheckpointError, DatasetNotPreparedError, ValueError)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from jaxdiff import sampling  # imported here so --help does not initialize JAX
+  from jaxdiff.train import loop
+  config = FLAGS.config
+  try:
+    if FLAGS.mode == "train":
+      loop.train(config, FLAGS.workdir)
+    else:
+      sampling.sample(config, FLAGS.workdir)
+  except USER_ERRORS as e:
+    logging.error("%s", e)
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with a bad --config override (unknown key, wrong type) as one line."""
+  try:
+    return FLAGS(argv)
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"error: {message}\nPass --helpfull to see the flags.", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,1 @@
+"""The trainer: train state, pure train step, the loop."""

@@ -1,0 +1,150 @@
+"""The training loop: data → jitted sharded steps → metrics, checkpoints and sample grids."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from absl import logging
+from tensorboardX import SummaryWriter
+
+from jaxdiff import data, parallel, sampling
+from jaxdiff.checkpoint import abstract
+from jaxdiff.train import state as state_lib
+from jaxdiff.train.setup import Run, TrainingError, make_dataset, setup
+from jaxdiff.train.step import make_train_fn
+
+
+class _Preemption:
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps, so it can checkpoint."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+  def _handle(self, signum, frame):
+    self.signal = signum
+
+  def restore(self):
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+
+
+class _Metrics:
+  """metrics.jsonl and TensorBoard events in the workdir, written by process 0."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self.enabled = jax.process_index() == 0
+    if self.enabled:
+      self._jsonl = open(workdir / "metrics.jsonl", "a")
+      self._tb = SummaryWriter(str(workdir / "tensorboard"))
+
+  def write(self, step: int, values: dict):
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+    self._jsonl.flush()
+    for name, value in values.items():
+      self._tb.add_scalar(f"train/{name}", value, step)
+    self._tb.flush()
+
+  def close(self):
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+
+
+def train(config: ml_collections.ConfigDict, workdir) -> state_lib.TrainState:
+  """Trains to config.train.num_steps, resuming from the newest good checkpoint in workdir."""
+  run = setup(config, workdir)
+  t = config.train
+  parallel.check_batch_size(config.data.batch_size, run.mesh)
+  if t.steps_per_call < 1:
+    raise ValueError(f"train.steps_per_call must be at least 1, got {t.steps_per_call}.")
+  iterator = iter(make_dataset(config, config.data.split))
+  state = run.state
+  restored = run.checkpointer.restore_latest(abstract(state))
+  if restored is not None:
+    step, state, data_state = restored
+    if data_state is not None:
+      iterator.set_state(data_state)
+    logging.info("resumed from the checkpoint at step %d", step)
+  step = int(state.step)
+
+  kwargs = dict(model_def=run.model_def, schedule=run.schedule, tx=run.tx, config=config)
+  train_fns = {1: make_train_fn(run.mesh, state, steps_per_call=1, **kwargs)}
+  if t.steps_per_call > 1:
+    train_fns[t.steps_per_call] = make_train_fn(run.mesh, state, steps_per_call=t.steps_per_call,
+                                                **kwargs)
+  grids = _GridWriter(run) if t.sample_every else None
+  stacked = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec(None, parallel.DATA))
+  metrics_out = _Metrics(run.workdir)
+  preemption = _Preemption()
+  bar = tqdm.tqdm(total=t.num_steps, initial=step, unit="step", dynamic_ncols=True,
+                  disable=jax.process_index() != 0)
+  started, last_log = time.time(), step
+  try:
+    while step < t.num_steps:
+      # Calls never cross a checkpoint or sample boundary, so a resumed run makes the same calls.
+      boundaries = [t.num_steps] + [(step // e + 1) * e for e in (t.checkpoint_every,
+                                                                 t.sample_every) if e]
+      n = t.steps_per_call if min(boundaries) - step >= t.steps_per_call else 1
+      batches = [next(iterator) for _ in range(n)]
+      host = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+      state, metrics = train_fns[n](state, data.make_global_batch(host, stacked))
+      losses = np.asarray(metrics["loss"])
+      if not np.all(np.isfinite(losses)):
+        good = run.checkpointer.steps()
+        raise TrainingError(
+            f"the loss became {losses[~np.isfinite(losses)][0]} at step {step + 1}; stopped "
+            f"without saving. The last good checkpoint is step {good[-1] if good else 'none'}. "
+            "Lower optim.learning_rate or set optim.grad_clip_norm, then rerun to resume.")
+      step += n
+      bar.update(n)
+      bar.set_postfix(loss=f"{losses[-1]:.4f}")
+      if step // t.log_every > (step - n) // t.log_every or step == t.num_steps:
+        now = time.time()
+        values = {k: float(np.asarray(v)[-1]) for k, v in metrics.items()}
+        values["steps_per_sec"] = (step - last_log) / max(now - started, 1e-9)
+        metrics_out.write(step, values)
+        started, last_log = now, step
+      if step % t.checkpoint_every == 0 or step == t.num_steps or preemption.signal:
+        run.checkpointer.save(step, state, iterator.get_state(), force=True)
+      if grids is not None and (step % t.sample_every == 0 or step == t.num_steps):
+        grids.write(state.ema_params, step)
+      if preemption.signal:
+        run.checkpointer.wait()
+        raise TrainingError(f"stopped by signal {preemption.signal} at step {step}; the "
+                            "checkpoint is saved: rerun the same command to resume.")
+  finally:
+    bar.close()
+    preemption.restore()
+    run.checkpointer.wait()
+    run.checkpointer.close()
+    metrics_out.close()
+  return state
+
+
+class _GridWriter:
+  """Writes samples/grid_STEP.png from the EMA parameters during training."""
+
+  def __init__(self, run: Run):
+    c = run.config
+    count = c.sample.grid_samples
+    count -= count % run.mesh.devices.size
+    self._run = run
+    self._fn = sampling.make_sample_fn(run.model_def, run.schedule, c, run.mesh, count)
+    self._labels = sampling.class_labels(c, count)
+    self._key = jax.random.fold_in(jax.random.key(c.seed), 0x9d1d)
+
+  def write(self, params, step: int):
+    images = sampling.gather(self._fn(params, jax.random.fold_in(self._key, step), self._labels))
+    if jax.process_index() == 0:
+      sampling.save_grid(sampling.to_uint8(images),
+                         self._run.workdir / "samples" / f"grid_{step}.png")

@@ -1,0 +1,226 @@
+"""The trainer: sharding invariance, checkpoints, exact resume after SIGKILL, NaN stop, the CLI."""
+
+import importlib.util
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from jaxdiff import data, parallel, schedules
+from jaxdiff.checkpoint import Checkpointer, abstract
+from jaxdiff.train import loop, setup as setup_lib, state as state_lib
+from jaxdiff.train.setup import TrainingError
+from jaxdiff.train.step import make_train_fn
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TINY = {
+    "data.batch_size": 16, "model.base_channels": 32, "model.channel_mult": (1,),
+    "model.num_res_blocks": 1, "model.class_conditional": True, "train.num_steps": 8,
+    "train.checkpoint_every": 2, "train.log_every": 2, "train.keep_checkpoints": 10,
+    "train.num_devices": 1, "train.steps_per_call": 2, "sample.num_steps": 4, "sample.num_samples": 8,
+    "sample.batch_size": 8, "optim.warmup_steps": 2,
+    # A rate that does not depend on train.num_steps, so runs of different lengths share programs.
+    "optim.schedule": "constant",
+}
+
+
+def digits_config():
+  spec = importlib.util.spec_from_file_location("digits_config", ROOT / "configs" / "digits.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def tiny_config(data_dir, **overrides):
+  """configs/digits.py with TINY applied: the config the CLI builds from the same overrides."""
+  config = digits_config()
+  for key, value in {**TINY, "data.data_dir": str(data_dir), **overrides}.items():
+    node = config
+    *path, last = key.split(".")
+    for part in path:
+      node = node[part]
+    node[last] = value
+  return config
+
+
+def cli(workdir, data_dir, *extra, mode="train", **overrides):
+  flags = [f"--config.{k}={v}" for k, v in {**TINY, "data.data_dir": data_dir,
+                                              **overrides}.items()
+           if not isinstance(v, tuple)]
+  flags += [f"--config.{k}=({','.join(map(str, v))},)" for k, v in TINY.items()
+            if isinstance(v, tuple)]
+  return [sys.executable, "-m", "jaxdiff.main", f"--config={ROOT / 'configs' / 'digits.py'}",
+          f"--workdir={workdir}", f"--mode={mode}", *flags, *extra]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("tfds")
+  data.ensure_digits_prepared(str(path))
+  return path
+
+
+def synthetic_batches(config, num_steps):
+  rng = np.random.default_rng(0)
+  d = config.data
+  return [{"image": rng.uniform(-1, 1, (1, d.batch_size, d.image_size, d.image_size, d.channels))
+                    .astype(np.float32),
+           "label": rng.integers(0, 10, (1, d.batch_size)).astype(np.int32)}
+          for _ in range(num_steps)]
+
+
+def losses_on(num_devices, config, batches):
+  mesh = parallel.make_mesh(num_devices)
+  tx = state_lib.make_optimizer(config)
+  model_def, state = state_lib.create(config, tx)
+  state = jax.device_put(state, parallel.replicated(mesh))
+  fn = make_train_fn(mesh, state, steps_per_call=1, model_def=model_def, tx=tx, config=config,
+                     schedule=schedules.make("linear", 1000))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, parallel.DATA))
+  losses = []
+  for batch in batches:
+    state, metrics = fn(state, data.make_global_batch(batch, sharding))
+    losses.append(float(metrics["loss"][0]))
+  return np.array(losses), state
+
+
+def test_one_and_eight_devices_give_the_same_losses(tmp_path):
+  config = tiny_config(tmp_path, **{"model.dropout": 0.1})
+  batches = synthetic_batches(config, 10)
+  one, _ = losses_on(1, config, batches)
+  eight, state = losses_on(8, config, batches)
+  # Same global batch and keys; only the order of the cross-device reductions differs (float32).
+  np.testing.assert_allclose(eight, one, rtol=1e-5)
+  assert one[-1] < one[0]  # it is learning, not returning a constant
+  leaf = jax.tree.leaves(state.params)[0]
+  assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8
+
+
+def test_checkpoint_round_trip(tmp_path):
+  config = tiny_config(tmp_path)
+  tx = state_lib.make_optimizer(config)
+  _, state = state_lib.create(config, tx)
+  state = state.replace(step=jnp.asarray(7, jnp.int32))
+  ckpt = Checkpointer(tmp_path / "ckpt", keep=2)
+  ckpt.save(7, state, {"next_index": 3})
+  ckpt.wait()
+  step, restored, data_state = ckpt.restore_latest(abstract(state))
+  assert step == 7 and data_state == {"next_index": 3}
+  jax.tree.map(np.testing.assert_array_equal, restored, state)
+  assert jax.tree.structure(restored) == jax.tree.structure(state)
+
+
+def read_params(workdir, step):
+  with ocp.StandardCheckpointer() as reader:
+    return reader.restore(pathlib.Path(workdir) / "checkpoints" / str(step) / "state")
+
+
+def test_sigkill_and_resume_is_bit_identical(tmp_path, data_dir):
+  straight = tmp_path / "straight"
+  loop.train(tiny_config(data_dir), straight)
+  killed = tmp_path / "killed"
+  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+  proc = subprocess.Popen(cli(killed, data_dir), env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (killed / "checkpoints" / "4").exists():
+    assert proc.poll() is None and time.time() < deadline, "the run ended before checkpoint 4"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "checkpoints" / "8").exists()
+  subprocess.run(cli(killed, data_dir), env=env, check=True, capture_output=True)
+  a, b = read_params(straight, 8), read_params(killed, 8)
+  assert int(a["step"]) == int(b["step"]) == 8
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, data_dir, caplog):
+  workdir = tmp_path / "run"
+  loop.train(tiny_config(data_dir, **{"train.num_steps": 4}), workdir)
+  newest = workdir / "checkpoints" / "4" / "state"
+  victim = max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  victim.write_bytes(victim.read_bytes()[:10])  # truncated
+  run = setup_lib.setup(tiny_config(data_dir, **{"train.num_steps": 4}), workdir)
+  step, _, _ = run.checkpointer.restore_latest(abstract(run.state))
+  assert step == 2
+  assert "checkpoint at step 4 cannot be restored" in caplog.text
+  assert (workdir / "checkpoints_corrupt" / "4").exists()  # moved aside, not deleted
+  assert (workdir / "checkpoints" / "2").exists()
+  run.checkpointer.close()
+  final = loop.train(tiny_config(data_dir, **{"train.num_steps": 6}), workdir)
+  assert int(final.step) == 6
+
+
+class _NaNAtThirdBatch:
+  """Digits batches, except the third, which holds a NaN."""
+
+  def __init__(self, inner):
+    self.inner, self.count = inner, 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch = next(self.inner)
+    self.count += 1
+    if self.count == 3:
+      batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+    return batch
+
+  def get_state(self):
+    return self.inner.get_state()
+
+  def set_state(self, state):
+    self.inner.set_state(state)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
+  real = loop.make_dataset
+  monkeypatch.setattr(loop, "make_dataset",
+                      lambda *a, **k: _NaNAtThirdBatch(iter(real(*a, **k))))
+  workdir = tmp_path / "run"
+  with pytest.raises(TrainingError, match=r"loss became nan at step 3.*last good checkpoint is "
+                                          r"step 2"):
+    loop.train(tiny_config(data_dir), workdir)
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2"]
+
+
+def test_cli_train_then_sample_and_never_overwrite(tmp_path, data_dir):
+  workdir = tmp_path / "run"
+  subprocess.run(cli(workdir, data_dir, **{"train.num_steps": 4, "train.sample_every": 4}),
+                 check=True, capture_output=True)
+  assert (workdir / "samples" / "grid_4.png").exists()
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  assert len(lines) == 2 and '"loss"' in lines[0]
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  subprocess.run(cli(workdir, data_dir, mode="sample", **{"train.num_steps": 4}), check=True,
+                 capture_output=True)
+  samples = np.load(workdir / "samples" / "samples_8x16x16x1.npz")
+  assert samples["arr_0"].shape == (8, 16, 16, 1) and samples["arr_0"].dtype == np.uint8
+  np.testing.assert_array_equal(samples["arr_1"], np.arange(8) % 10)
+  assert (workdir / "samples" / "grid.png").exists()
+  again = subprocess.run(cli(workdir, data_dir, mode="sample", **{"train.num_steps": 4}),
+                         capture_output=True, text=True)
+  assert again.returncode == 1 and "exists already" in again.stderr
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.train.no_such_key=1", "no_such_key"),
+    ("--config.sample.sampler=euler", "sample.sampler must be one of"),
+    ("--config.data.batch_size=12", "must be divisible"),
+])
+def test_config_errors_exit_nonzero_with_one_message(tmp_path, data_dir, flag, message):
+  result = subprocess.run(cli(tmp_path, data_dir, flag, **{"train.num_devices": 8}),
+                          capture_output=True, text=True)
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
