@@ -38,11 +38,13 @@ def default_config() -> ml_collections.ConfigDict:
   m.learn_sigma = False
   m.use_scale_shift_norm = False
   m.resample_with_conv = True
+  m.patch_size = 1              # >1 folds p×p pixel patches into channels (p² less compute)
 
   c.diffusion = f = ml_collections.ConfigDict()
   f.schedule = "linear"
   f.num_timesteps = 1000
   f.prediction = "epsilon"
+  f.min_snr_gamma = 0.0         # >0: Min-SNR-γ loss weighting (Hang et al. 2023); 0: L_simple
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 2e-4

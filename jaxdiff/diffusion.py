@@ -85,17 +85,39 @@ def target(x0, noise, t, *, schedule: Schedule, prediction: str):
   raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}.")
 
 
+def snr(t, *, schedule: Schedule):
+  """Signal-to-noise ratio ᾱ_t / (1 − ᾱ_t) at steps t (float32)."""
+  ab = schedule.table("alphas_cumprod")[t]
+  return ab / (1 - ab)
+
+
+def min_snr_weights(t, *, schedule: Schedule, prediction: str, gamma: float = 5.0):
+  """Min-SNR-γ loss weights (Hang et al. 2023): each parameterization's MSE reweighted so that it
+  equals min(SNR, γ)·‖x̂0 − x0‖², which caps the weight of nearly noise-free steps and speeds
+  convergence; per example."""
+  s = snr(t, schedule=schedule)
+  capped = jnp.minimum(s, gamma)
+  if prediction == "epsilon":
+    return capped / s
+  if prediction == "x0":
+    return capped
+  if prediction == "v":
+    return capped / (s + 1)
+  raise ValueError(f"unknown prediction {prediction!r}; choose one of {PREDICTIONS}.")
+
+
 def sample_timesteps(key, batch_size: int, *, schedule: Schedule):
   """t ~ Uniform{0, …, N−1}."""
   return jax.random.randint(key, (batch_size,), 0, schedule.num_timesteps)
 
 
 def mse_loss(key, model_fn: Callable, x0, *, schedule: Schedule, prediction: str = "epsilon",
-             weights=None):
+             weights=None, min_snr_gamma: float | None = None):
   """L_simple: E_t,ε ‖target − model(x_t, t)‖² averaged over pixels.
 
   `model_fn(x_t, t)` returns the prediction; when it returns twice the channels (a learned
-  variance), the first half is the prediction. `weights` (per example) scale each example's loss.
+  variance), the first half is the prediction. `weights` (per example) scale each example's loss;
+  `min_snr_gamma` multiplies in the Min-SNR-γ weights of the sampled timesteps.
   Returns (scalar loss, per-example losses).
   """
   key_t, key_noise = jax.random.split(key)
@@ -106,6 +128,9 @@ def mse_loss(key, model_fn: Callable, x0, *, schedule: Schedule, prediction: str
   error = (output.astype(jnp.float32)
            - target(x0, noise, t, schedule=schedule, prediction=prediction).astype(jnp.float32))
   per_example = jnp.mean(jnp.square(error), axis=tuple(range(1, x0.ndim)))
+  if min_snr_gamma is not None:
+    per_example = per_example * min_snr_weights(t, schedule=schedule, prediction=prediction,
+                                                gamma=min_snr_gamma)
   if weights is not None:
     per_example = per_example * weights
   return jnp.mean(per_example), per_example

@@ -10,10 +10,6 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxdiff.checkpoint import CheckpointError
-from jaxdiff.data import DatasetNotPreparedError
-from jaxdiff.train.setup import TrainingError
-
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "digits.py"
 
 
@@ -35,21 +31,27 @@ flags.DEFINE_enum("mode", "train", ["train", "sample"],
                   "train (resumes from the newest checkpoint) or sample (from its EMA params).")
 FLAGS = flags.FLAGS
 
-USER_ERRORS = (TrainingError, CheckpointError, DatasetNotPreparedError, ValueError)
-
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from jaxdiff import sampling  # imported here so --help does not initialize JAX
+  # Imported here so that --help and flag errors answer without loading JAX and Orbax.
+  from jaxdiff import sampling
+  from jaxdiff.checkpoint import CheckpointError
+  from jaxdiff.data import DatasetNotPreparedError
   from jaxdiff.train import loop
+  from jaxdiff.train.setup import TrainingError
+
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax and TFDS log every file they touch at INFO
   config = FLAGS.config
+  user_errors = (TrainingError, CheckpointError, DatasetNotPreparedError, ValueError)
   try:
     if FLAGS.mode == "train":
       loop.train(config, FLAGS.workdir)
     else:
       sampling.sample(config, FLAGS.workdir)
-  except USER_ERRORS as e:
+  except user_errors as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

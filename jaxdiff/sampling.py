@@ -9,7 +9,6 @@ import jax
 import ml_collections
 import numpy as np
 import tqdm
-from absl import logging
 from jax.experimental import multihost_utils
 from PIL import Image
 
@@ -141,5 +140,5 @@ def sample(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
     for b in range(num_batches):
       (partial / f"{b:05d}.npz").unlink()
     partial.rmdir()
-    logging.info("wrote %s and %s from the EMA parameters at step %d", npz, grid, step)
+    print(f"wrote {npz} and {grid} from the EMA parameters at step {step}")
   return npz

@@ -110,3 +110,22 @@ def test_unknown_prediction_is_an_error():
   with pytest.raises(ValueError, match="unknown prediction"):
     diffusion.target(jnp.ones(1), jnp.ones(1), jnp.zeros(1, jnp.int32), schedule=SCHEDULE,
                      prediction="score")
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "x0", "v"])
+def test_min_snr_weights_equal_capped_snr_times_x0_error(prediction):
+  """Min-SNR-γ: every parameterization's weighted MSE is min(SNR, γ)·‖x̂0 − x0‖²."""
+  k0, k1, k2 = jax.random.split(jax.random.key(7), 3)
+  t = jnp.array([0, 50, 150, 400, 900])
+  x0 = jax.random.normal(k0, (5, 4, 4, 1))
+  eps = jax.random.normal(k1, x0.shape)
+  x_t = diffusion.q_sample(x0, t, eps, schedule=SCHEDULE)
+  target = diffusion.target(x0, eps, t, schedule=SCHEDULE, prediction=prediction)
+  output = target + 0.1 * jax.random.normal(k2, x0.shape)  # a model with a known error
+  x0_hat, _ = diffusion.x0_and_eps(output, x_t, t, schedule=SCHEDULE, prediction=prediction)
+  w = diffusion.min_snr_weights(t, schedule=SCHEDULE, prediction=prediction, gamma=5.0)
+  weighted = w * jnp.mean((output - target) ** 2, axis=(1, 2, 3))
+  ab = SCHEDULE.alphas_cumprod[np.asarray(t)]
+  expected = np.minimum(ab / (1 - ab), 5.0) * np.mean((np.asarray(x0_hat) - x0) ** 2, (1, 2, 3))
+  # x̂0 is recomputed through float32 divisions by √ᾱ or √(1−ᾱ) (up to ~160× at t = 0).
+  np.testing.assert_allclose(weighted, expected, rtol=2e-3)

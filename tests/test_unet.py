@@ -217,3 +217,28 @@ def test_zero_init_zeroes_the_last_layer_of_every_residual_branch(zero_init):
         == ["conv2"] * 5 + ["conv_out"] + ["to_out"] * 4
     )
     assert all(bool(jnp.all(k == 0)) == zero_init for k in kernels.values())
+
+
+def test_space_to_depth_folds_patches_and_inverts():
+    from jaxdiff.models.unet import depth_to_space, space_to_depth
+
+    x = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 6, 3)
+    folded = space_to_depth(x, 2)
+    assert folded.shape == (2, 2, 3, 12)
+    # patch (i, j) holds pixels (2i + a, 2j + b) for a, b in {0, 1}, row-major, channels fastest
+    np.testing.assert_array_equal(folded[1, 1, 2], x[1, 2:4, 4:6, :].reshape(-1))
+    np.testing.assert_array_equal(depth_to_space(folded, 2), x)
+
+
+def test_patch_size_runs_the_network_at_lower_resolution():
+    model = UNet(
+        in_channels=1, base_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+        attention_resolutions=(4,), image_size=16, patch_size=2, learn_sigma=True,
+        zero_init=False, rngs=nnx.Rngs(0),
+    )
+    assert model.conv_in.kernel.value.shape == (3, 3, 4, 32)  # 2×2 patches of 1 channel
+    assert model.conv_out.kernel.value.shape == (3, 3, 32, 8)  # 2 output channels × 4 pixels
+    out = model(jnp.ones((2, 16, 16, 1)), jnp.array([1, 500]))
+    assert out.shape == (2, 16, 16, 2)
+    with pytest.raises(ValueError, match="patch_size 3"):
+        UNet(in_channels=1, image_size=16, patch_size=3, rngs=nnx.Rngs(0))

@@ -120,7 +120,10 @@ class UNet(nnx.Module):
     classifier-free guidance. `attention_resolutions` are feature-map sizes at which each level gets
     attention, given images of `image_size`. Params are float32; `dtype` is the compute dtype.
     `zero_init` zero-initialises every residual branch's last layer and the output conv (as DDPM and
-    ADM do), so the untrained network outputs exactly zero.
+    ADM do), so the untrained network outputs exactly zero. `patch_size` p > 1 folds each p×p patch
+    into channels before `conv_in` and unfolds the output after `conv_out` (space-to-depth, as
+    U-ViT / Simple Diffusion patchify), so the network runs at image_size/p for p²× less compute;
+    `attention_resolutions` then refer to the patched feature maps.
     """
 
     def __init__(
@@ -146,10 +149,13 @@ class UNet(nnx.Module):
         norm_eps: float = 1e-6,
         norm_groups: int = 32,
         zero_init: bool = True,
+        patch_size: int = 1,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        levels = [image_size // 2**i for i in range(len(channel_mult))]
+        if patch_size < 1 or image_size % patch_size:
+            raise ValueError(f"patch_size {patch_size} must be positive and divide {image_size}.")
+        levels = [image_size // patch_size // 2**i for i in range(len(channel_mult))]
         unknown = sorted(set(attention_resolutions) - set(levels))
         if unknown:
             raise ValueError(
@@ -169,6 +175,7 @@ class UNet(nnx.Module):
         self.num_classes = num_classes
         self.learn_sigma = learn_sigma
         self.out_channels = (out_channels or in_channels) * (2 if learn_sigma else 1)
+        self.patch_size = patch_size
         emb_channels = 4 * base_channels
 
         def make_res(cin: int, cout: int) -> ResBlock:
@@ -212,7 +219,7 @@ class UNet(nnx.Module):
             else None
         )
         channels = [base_channels * m for m in channel_mult]
-        self.conv_in = conv3x3(in_channels, channels[0], dtype=dtype, rngs=rngs)
+        self.conv_in = conv3x3(in_channels * patch_size**2, channels[0], dtype=dtype, rngs=rngs)
 
         # Channels of every skip the down path emits, consumed last-first by the up path.
         skip_channels = [channels[0]]
@@ -272,7 +279,7 @@ class UNet(nnx.Module):
             channels[0], groups=norm_groups, eps=norm_eps, dtype=dtype, rngs=rngs
         )
         self.conv_out = conv3x3(
-            channels[0], self.out_channels, dtype=dtype, rngs=rngs, zero=zero_init
+            channels[0], self.out_channels * patch_size**2, dtype=dtype, rngs=rngs, zero=zero_init
         )
 
     def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array | None = None) -> jax.Array:
@@ -290,7 +297,7 @@ class UNet(nnx.Module):
         elif y is not None:
             raise ValueError("Labels y were given to a U-Net built without num_classes.")
 
-        h = self.conv_in(x.astype(self.dtype))
+        h = self.conv_in(space_to_depth(x, self.patch_size).astype(self.dtype))
         skips = [h]
         for block in self.down_blocks:
             h, block_skips = block(h, emb)
@@ -299,7 +306,26 @@ class UNet(nnx.Module):
         for block in self.up_blocks:
             h = block(h, skips, emb)
         h = self.conv_out(nnx.silu(self.conv_norm_out(h)))
-        return h.astype(jnp.float32)
+        return depth_to_space(h, self.patch_size).astype(jnp.float32)
+
+
+def space_to_depth(x: jax.Array, p: int) -> jax.Array:
+    """(B, H, W, C) -> (B, H/p, W/p, p·p·C), each p×p patch flattened row-major, channels fastest."""
+    if p == 1:
+        return x
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h // p, w // p, p * p * c)
+
+
+def depth_to_space(x: jax.Array, p: int) -> jax.Array:
+    """The inverse of `space_to_depth`."""
+    if p == 1:
+        return x
+    b, h, w, pc = x.shape
+    c = pc // (p * p)
+    x = x.reshape(b, h, w, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h * p, w * p, c)
 
 
 def abstract_unet(*, dropout_key: int | jax.Array = 0, **kwargs) -> UNet:

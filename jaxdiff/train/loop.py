@@ -11,7 +11,6 @@ import jax
 import ml_collections
 import numpy as np
 import tqdm
-from absl import logging
 from tensorboardX import SummaryWriter
 
 from jaxdiff import data, parallel, sampling
@@ -74,7 +73,8 @@ def train(config: ml_collections.ConfigDict, workdir) -> state_lib.TrainState:
     step, state, data_state = restored
     if data_state is not None:
       iterator.set_state(data_state)
-    logging.info("resumed from the checkpoint at step %d", step)
+    if jax.process_index() == 0:
+      print(f"resumed from the checkpoint at step {step} in {run.checkpointer.directory}")
   step = int(state.step)
 
   kwargs = dict(model_def=run.model_def, schedule=run.schedule, tx=run.tx, config=config)
@@ -85,10 +85,12 @@ def train(config: ml_collections.ConfigDict, workdir) -> state_lib.TrainState:
   grids = _GridWriter(run) if t.sample_every else None
   stacked = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec(None, parallel.DATA))
   metrics_out = _Metrics(run.workdir)
+  metrics_out.write(step, {"params": sum(x.size for x in jax.tree.leaves(state.params))})
   preemption = _Preemption()
   bar = tqdm.tqdm(total=t.num_steps, initial=step, unit="step", dynamic_ncols=True,
                   disable=jax.process_index() != 0)
-  started, last_log = time.time(), step
+  began = started = time.time()
+  last_log = step
   try:
     while step < t.num_steps:
       # Calls never cross a checkpoint or sample boundary, so a resumed run makes the same calls.
@@ -112,6 +114,7 @@ def train(config: ml_collections.ConfigDict, workdir) -> state_lib.TrainState:
         now = time.time()
         values = {k: float(np.asarray(v)[-1]) for k, v in metrics.items()}
         values["steps_per_sec"] = (step - last_log) / max(now - started, 1e-9)
+        values["wall_seconds"] = now - began  # since this process started training
         metrics_out.write(step, values)
         started, last_log = now, step
       if step % t.checkpoint_every == 0 or step == t.num_steps or preemption.signal:

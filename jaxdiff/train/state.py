@@ -51,7 +51,8 @@ def unet_kwargs(config: ml_collections.ConfigDict) -> dict:
       image_size=d.image_size, num_heads=m.num_heads, head_channels=m.head_channels,
       dropout=m.dropout, num_classes=d.num_classes if m.class_conditional else None,
       learn_sigma=m.learn_sigma, use_scale_shift_norm=m.use_scale_shift_norm,
-      resample_with_conv=m.resample_with_conv, dtype=COMPUTE_DTYPES[config.train.compute_dtype])
+      resample_with_conv=m.resample_with_conv, patch_size=m.patch_size,
+      dtype=COMPUTE_DTYPES[config.train.compute_dtype])
 
 
 def lr_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:

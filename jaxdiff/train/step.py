@@ -40,7 +40,8 @@ def train_step(state: TrainState, batch: dict, *, model_def: ModelDef, schedule:
     nnx.reseed(model, dropout=dropout_key)
     model_fn = lambda x, t: model(x, t, labels)
     loss, _ = diffusion.mse_loss(loss_key, model_fn, batch["image"], schedule=schedule,
-                                 prediction=config.diffusion.prediction)
+                                 prediction=config.diffusion.prediction,
+                                 min_snr_gamma=config.diffusion.min_snr_gamma or None)
     return loss
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
