@@ -1,6 +1,7 @@
 """The trainer: sharding invariance, checkpoints, exact resume after SIGKILL, NaN stop, the CLI."""
 
 import importlib.util
+import json
 import os
 import pathlib
 import signal
@@ -199,8 +200,9 @@ def test_cli_train_then_sample_and_never_overwrite(tmp_path, data_dir):
   subprocess.run(cli(workdir, data_dir, **{"train.num_steps": 4, "train.sample_every": 4}),
                  check=True, capture_output=True)
   assert (workdir / "samples" / "grid_4.png").exists()
-  lines = (workdir / "metrics.jsonl").read_text().splitlines()
-  assert len(lines) == 2 and '"loss"' in lines[0]
+  lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert lines[0]["step"] == 0 and lines[0]["params"] > 0
+  assert [line["step"] for line in lines[1:]] == [2, 4] and all("loss" in x for x in lines[1:])
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
   subprocess.run(cli(workdir, data_dir, mode="sample", **{"train.num_steps": 4}), check=True,
                  capture_output=True)
