@@ -13,7 +13,6 @@ import resource
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
@@ -42,13 +41,22 @@ def main(argv):
   tx = state_lib.make_optimizer(config)
   model_def, state = state_lib.create(config, tx)
   state = jax.device_put(state, parallel.replicated(mesh))
-  fn = make_train_fn(mesh, state, steps_per_call=k, model_def=model_def, tx=tx, config=config,
-                     schedule=schedules.make(config.diffusion.schedule,
-                                             config.diffusion.num_timesteps))
+  fn = make_train_fn(
+    mesh,
+    state,
+    steps_per_call=k,
+    model_def=model_def,
+    tx=tx,
+    config=config,
+    schedule=schedules.make(config.diffusion.schedule, config.diffusion.num_timesteps),
+  )
   rng = np.random.default_rng(0)
-  host = {"image": rng.uniform(-1, 1, (k, d.batch_size, d.image_size, d.image_size, d.channels))
-                   .astype(np.float32),
-          "label": rng.integers(0, d.num_classes or 1, (k, d.batch_size)).astype(np.int32)}
+  host = {
+    "image": rng.uniform(-1, 1, (k, d.batch_size, d.image_size, d.image_size, d.channels)).astype(
+      np.float32
+    ),
+    "label": rng.integers(0, d.num_classes or 1, (k, d.batch_size)).astype(np.int32),
+  }
   stacked = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, parallel.DATA))
   batch = data.make_global_batch(host, stacked)
   start = time.perf_counter()
@@ -61,13 +69,22 @@ def main(argv):
   jax.block_until_ready(metrics)
   elapsed = time.perf_counter() - start
   params = sum(x.size for x in jax.tree.leaves(state.params))
-  print(json.dumps({
-      "config": FLAGS["config"].value if isinstance(FLAGS["config"].value, str) else "config",
-      "backend": jax.default_backend(), "devices": mesh.devices.size, "params": int(params),
-      "batch": d.batch_size, "steps_per_call": k,
-      "images_per_sec": round(FLAGS.steps * k * d.batch_size / elapsed, 2),
-      "step_ms": round(1000 * elapsed / (FLAGS.steps * k), 2),
-      "compile_s": round(compile_s, 2), "peak_memory_mb": round(peak_memory_mb(), 1)}))
+  print(
+    json.dumps(
+      {
+        "config": FLAGS["config"].value if isinstance(FLAGS["config"].value, str) else "config",
+        "backend": jax.default_backend(),
+        "devices": mesh.devices.size,
+        "params": int(params),
+        "batch": d.batch_size,
+        "steps_per_call": k,
+        "images_per_sec": round(FLAGS.steps * k * d.batch_size / elapsed, 2),
+        "step_ms": round(1000 * elapsed / (FLAGS.steps * k), 2),
+        "compile_s": round(compile_s, 2),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ class Checkpointer:
   def __init__(self, directory, *, keep: int = 3, async_save: bool = True):
     self.directory = pathlib.Path(directory).absolute()
     self._options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+      max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+    )
     self._manager = ocp.CheckpointManager(self.directory, options=self._options)
 
   def save(self, step: int, state, data_state: dict | None = None, *, force: bool = False):
@@ -56,14 +57,20 @@ class Checkpointer:
         return step, *self._restore(step, abstract_state, with_data)
       except Exception as e:  # noqa: BLE001 — any failure to read means "corrupt", by design
         tried.append(step)
-        logging.warning("checkpoint at step %d cannot be restored (%s: %s); moving it aside and "
-                        "trying the previous one.", step, type(e).__name__, e)
+        logging.warning(
+          "checkpoint at step %d cannot be restored (%s: %s); moving it aside and "
+          "trying the previous one.",
+          step,
+          type(e).__name__,
+          e,
+        )
         self._set_aside(step)
     if tried:
       raise CheckpointError(
-          f"none of the checkpoints in {self.directory} (steps {tried}) could be restored; they "
-          f"were moved to {self.directory.parent / 'checkpoints_corrupt'}. Restore a good copy or "
-          "start in a new --workdir.")
+        f"none of the checkpoints in {self.directory} (steps {tried}) could be restored; they "
+        f"were moved to {self.directory.parent / 'checkpoints_corrupt'}. Restore a good copy or "
+        "start in a new --workdir."
+      )
     return None
 
   def _restore(self, step, abstract_state, with_data):

@@ -14,16 +14,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.compilation_cache_dir = "~/.cache/jaxdiff/xla"
 
   c.data = d = ml_collections.ConfigDict()
-  d.name = "digits"             # a TFDS dataset name, prepared as array_record
+  d.name = "digits"  # a TFDS dataset name, prepared as array_record
   d.data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS default dir
   d.split = "train"
   d.eval_split = "test"
-  d.batch_size = 128            # global, over all devices and processes
-  d.image_size = 16             # images are center-cropped and resized to this when they differ
+  d.batch_size = 128  # global, over all devices and processes
+  d.image_size = 16  # images are center-cropped and resized to this when they differ
   d.channels = 1
   d.num_classes = ml_collections.FieldReference(10, field_type=int)  # None: no labels
   d.random_flip = False
-  d.num_workers = 0             # grain worker processes; 0 reads in the main process
+  d.num_workers = 0  # grain worker processes; 0 reads in the main process
 
   c.model = m = ml_collections.ConfigDict()
   m.base_channels = 32
@@ -34,63 +34,63 @@ def default_config() -> ml_collections.ConfigDict:
   m.head_channels = ml_collections.config_dict.placeholder(int)
   m.dropout = 0.0
   m.class_conditional = False
-  m.class_dropout = 0.1         # share of labels replaced by the null class (guidance training)
+  m.class_dropout = 0.1  # share of labels replaced by the null class (guidance training)
   m.learn_sigma = False
   m.use_scale_shift_norm = False
   m.resample_with_conv = True
-  m.patch_size = 1              # >1 folds p×p pixel patches into channels (p² less compute)
+  m.patch_size = 1  # >1 folds p×p pixel patches into channels (p² less compute)
 
   c.diffusion = f = ml_collections.ConfigDict()
   f.schedule = "linear"
   f.num_timesteps = 1000
   f.prediction = "epsilon"
-  f.min_snr_gamma = 0.0         # >0: Min-SNR-γ loss weighting (Hang et al. 2023); 0: L_simple
+  f.min_snr_gamma = 0.0  # >0: Min-SNR-γ loss weighting (Hang et al. 2023); 0: L_simple
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 2e-4
-  o.schedule = "constant"       # after warmup: 'constant' or 'cosine' (decay to 0 at the end)
+  o.schedule = "constant"  # after warmup: 'constant' or 'cosine' (decay to 0 at the end)
   o.warmup_steps = 0
   o.b1 = 0.9
   o.b2 = 0.999
   o.eps = 1e-8
   o.weight_decay = 0.0
-  o.grad_clip_norm = 1.0        # 0 disables clipping
+  o.grad_clip_norm = 1.0  # 0 disables clipping
 
   c.train = t = ml_collections.ConfigDict()
   t.num_steps = 1000
-  t.steps_per_call = 1          # optimizer steps per jitted call, unrolled
+  t.steps_per_call = 1  # optimizer steps per jitted call, unrolled
   t.log_every = 50
   t.checkpoint_every = 500
-  t.sample_every = 0            # 0: no sample grids during training
+  t.sample_every = 0  # 0: no sample grids during training
   t.keep_checkpoints = 3
   t.ema_decay = 0.999
   t.ema_warmup = True
-  t.compute_dtype = "float32"   # or 'bfloat16' (parameters stay float32)
+  t.compute_dtype = "float32"  # or 'bfloat16' (parameters stay float32)
   t.num_devices = ml_collections.config_dict.placeholder(int)  # None: all visible devices
 
   c.sample = s = ml_collections.ConfigDict()
-  s.sampler = "ddim"            # 'ddim' or 'ddpm'
-  s.num_steps = 50              # DDIM steps; DDPM respaces to this many (ADM), T for the full chain
+  s.sampler = "ddim"  # 'ddim' or 'ddpm'
+  s.num_steps = 50  # DDIM steps; DDPM respaces to this many (ADM), T for the full chain
   s.eta = 0.0
-  s.spacing = "leading"         # DDIM timestep spacing: 'leading', 'trailing', 'linspace'
-  s.variance = "fixed_small"    # DDPM: 'fixed_small' or 'fixed_large'
+  s.spacing = "leading"  # DDIM timestep spacing: 'leading', 'trailing', 'linspace'
+  s.variance = "fixed_small"  # DDPM: 'fixed_small' or 'fixed_large'
   s.clip_denoised = True
   s.num_samples = 100
   s.batch_size = 100
-  s.guidance_scale = 1.0        # classifier-free guidance; 1 = the conditional model
+  s.guidance_scale = 1.0  # classifier-free guidance; 1 = the conditional model
   s.class_labels = ml_collections.config_dict.placeholder(tuple)  # None: cycle 0..num_classes-1
-  s.grid_samples = 100          # images in the grids written during training
+  s.grid_samples = 100  # images in the grids written during training
   return c
 
 
 CHOICES = {
-    "diffusion.schedule": ("linear", "cosine", "scaled_linear"),
-    "diffusion.prediction": ("epsilon", "x0", "v"),
-    "optim.schedule": ("constant", "cosine"),
-    "train.compute_dtype": ("float32", "bfloat16"),
-    "sample.sampler": ("ddim", "ddpm"),
-    "sample.spacing": ("leading", "trailing", "linspace"),
-    "sample.variance": ("fixed_small", "fixed_large"),
+  "diffusion.schedule": ("linear", "cosine", "scaled_linear"),
+  "diffusion.prediction": ("epsilon", "x0", "v"),
+  "optim.schedule": ("constant", "cosine"),
+  "train.compute_dtype": ("float32", "bfloat16"),
+  "sample.sampler": ("ddim", "ddpm"),
+  "sample.spacing": ("leading", "trailing", "linspace"),
+  "sample.variance": ("fixed_small", "fixed_large"),
 }
 
 
@@ -101,9 +101,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = config[section][name]
     if value not in allowed:
       raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}.")
-  positive = ("data.batch_size", "train.num_steps", "train.steps_per_call", "train.log_every",
-              "train.checkpoint_every", "sample.num_steps", "sample.num_samples",
-              "sample.batch_size")
+  positive = (
+    "data.batch_size",
+    "train.num_steps",
+    "train.steps_per_call",
+    "train.log_every",
+    "train.checkpoint_every",
+    "sample.num_steps",
+    "sample.num_samples",
+    "sample.batch_size",
+  )
   for key in positive:
     section, name = key.split(".")
     if config[section][name] < 1:

@@ -36,8 +36,10 @@ def q_sample(x0, t, noise, *, schedule: Schedule):
 
 def q_posterior(x0, x_t, t, *, schedule: Schedule):
   """Mean, variance and clipped log-variance of q(x_{t−1} | x_t, x_0)."""
-  mean = (extract(schedule, "posterior_mean_coef1", t, x_t) * x0
-          + extract(schedule, "posterior_mean_coef2", t, x_t) * x_t)
+  mean = (
+    extract(schedule, "posterior_mean_coef1", t, x_t) * x0
+    + extract(schedule, "posterior_mean_coef2", t, x_t) * x_t
+  )
   variance = extract(schedule, "posterior_variance", t, x_t)
   log_variance = extract(schedule, "posterior_log_variance_clipped", t, x_t)
   return mean.astype(x_t.dtype), variance, log_variance
@@ -111,8 +113,16 @@ def sample_timesteps(key, batch_size: int, *, schedule: Schedule):
   return jax.random.randint(key, (batch_size,), 0, schedule.num_timesteps)
 
 
-def mse_loss(key, model_fn: Callable, x0, *, schedule: Schedule, prediction: str = "epsilon",
-             weights=None, min_snr_gamma: float | None = None):
+def mse_loss(
+  key,
+  model_fn: Callable,
+  x0,
+  *,
+  schedule: Schedule,
+  prediction: str = "epsilon",
+  weights=None,
+  min_snr_gamma: float | None = None,
+):
   """L_simple: E_t,ε ‖target − model(x_t, t)‖² averaged over pixels.
 
   `model_fn(x_t, t)` returns the prediction; when it returns twice the channels (a learned
@@ -124,13 +134,15 @@ def mse_loss(key, model_fn: Callable, x0, *, schedule: Schedule, prediction: str
   t = sample_timesteps(key_t, x0.shape[0], schedule=schedule)
   noise = jax.random.normal(key_noise, x0.shape, x0.dtype)
   x_t = q_sample(x0, t, noise, schedule=schedule)
-  output = model_fn(x_t, t)[..., :x0.shape[-1]]
-  error = (output.astype(jnp.float32)
-           - target(x0, noise, t, schedule=schedule, prediction=prediction).astype(jnp.float32))
+  output = model_fn(x_t, t)[..., : x0.shape[-1]]
+  error = output.astype(jnp.float32) - target(
+    x0, noise, t, schedule=schedule, prediction=prediction
+  ).astype(jnp.float32)
   per_example = jnp.mean(jnp.square(error), axis=tuple(range(1, x0.ndim)))
   if min_snr_gamma is not None:
-    per_example = per_example * min_snr_weights(t, schedule=schedule, prediction=prediction,
-                                                gamma=min_snr_gamma)
+    per_example = per_example * min_snr_weights(
+      t, schedule=schedule, prediction=prediction, gamma=min_snr_gamma
+    )
   if weights is not None:
     per_example = per_example * weights
   return jnp.mean(per_example), per_example

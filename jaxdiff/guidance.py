@@ -7,8 +7,14 @@ from typing import Callable
 import jax.numpy as jnp
 
 
-def classifier_free(model_fn: Callable, labels, *, guidance_scale: float, null_label: int,
-                    num_guided_channels: int | None = None) -> Callable:
+def classifier_free(
+  model_fn: Callable,
+  labels,
+  *,
+  guidance_scale: float,
+  null_label: int,
+  num_guided_channels: int | None = None,
+) -> Callable:
   """Turns `model_fn(x, t, y)` into a guided `fn(x, t)` for the samplers.
 
   out = out(∅) + s · (out(y) − out(∅)): s = 1 is the conditional model, s = 0 the unconditional
@@ -20,8 +26,9 @@ def classifier_free(model_fn: Callable, labels, *, guidance_scale: float, null_l
 
   def guided(x, t):
     batch = x.shape[0]
-    y = jnp.concatenate([jnp.broadcast_to(labels, (batch,)),
-                         jnp.full((batch,), null_label, jnp.int32)])
+    y = jnp.concatenate(
+      [jnp.broadcast_to(labels, (batch,)), jnp.full((batch,), null_label, jnp.int32)]
+    )
     out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), y)
     cond, uncond = out[:batch], out[batch:]
     c = out.shape[-1] if num_guided_channels is None else num_guided_channels

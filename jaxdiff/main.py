@@ -16,19 +16,24 @@ _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "
 def _define_config_flag():
   # config_flags applies --config.* overrides already here, so an unknown key fails at definition.
   try:
-    config_flags.DEFINE_config_file("config", str(_DEFAULT_CONFIG), "Experiment config file.",
-                                    lock_config=True)
+    config_flags.DEFINE_config_file(
+      "config", str(_DEFAULT_CONFIG), "Experiment config file.", lock_config=True
+    )
   except (AttributeError, KeyError) as e:
-    print(f"error: a --config override names a key the config does not have: {e}",
-          file=sys.stderr)
+    print(f"error: a --config override names a key the config does not have: {e}", file=sys.stderr)
     sys.exit(1)
 
 
 _define_config_flag()
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.",
-                    required=True)
-flags.DEFINE_enum("mode", "train", ["train", "sample"],
-                  "train (resumes from the newest checkpoint) or sample (from its EMA params).")
+flags.DEFINE_string(
+  "workdir", None, "Directory for checkpoints, metrics and samples.", required=True
+)
+flags.DEFINE_enum(
+  "mode",
+  "train",
+  ["train", "sample"],
+  "train (resumes from the newest checkpoint) or sample (from its EMA params).",
+)
 FLAGS = flags.FLAGS
 
 

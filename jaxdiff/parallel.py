@@ -36,6 +36,7 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
   devices = mesh.devices.size
   if batch_size % devices or batch_size % jax.process_count():
-    raise ValueError(f"batch size {batch_size} must be divisible by the {devices} devices and "
-                     f"{jax.process_count()} processes of the mesh; change data.batch_size.")
-
+    raise ValueError(
+      f"batch size {batch_size} must be divisible by the {devices} devices and "
+      f"{jax.process_count()} processes of the mesh; change data.batch_size."
+    )

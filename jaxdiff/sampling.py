@@ -28,14 +28,17 @@ def class_labels(config: ml_collections.ConfigDict, count: int, offset: int = 0)
   return cycle[(offset + np.arange(count)) % len(cycle)]
 
 
-def make_sample_fn(model_def: ModelDef, schedule: Schedule, config: ml_collections.ConfigDict,
-                   mesh, batch_size: int):
+def make_sample_fn(
+  model_def: ModelDef, schedule: Schedule, config: ml_collections.ConfigDict, mesh, batch_size: int
+):
   """jit fn(params, key, labels) -> images (batch_size, H, W, C) in [-1, 1], sharded over `data`."""
   s, d = config.sample, config.data
   shape = (batch_size, d.image_size, d.image_size, d.channels)
   if batch_size % mesh.devices.size:
-    raise ValueError(f"sample.batch_size {batch_size} must be divisible by the "
-                     f"{mesh.devices.size} devices; change sample.batch_size.")
+    raise ValueError(
+      f"sample.batch_size {batch_size} must be divisible by the "
+      f"{mesh.devices.size} devices; change sample.batch_size."
+    )
   if s.sampler == "ddpm" and s.num_steps < schedule.num_timesteps:
     ddpm_schedule = schedules.respace(schedule, f"{s.num_steps}")
   else:
@@ -50,19 +53,38 @@ def make_sample_fn(model_def: ModelDef, schedule: Schedule, config: ml_collectio
       model_fn = lambda x, t: model(x, t, labels)
     else:
       model_fn = guidance.classifier_free(
-          model, labels, guidance_scale=s.guidance_scale, null_label=d.num_classes,
-          num_guided_channels=d.channels)
+        model,
+        labels,
+        guidance_scale=s.guidance_scale,
+        null_label=d.num_classes,
+        num_guided_channels=d.channels,
+      )
     noise_key, sampler_key = jax.random.split(key)
-    x_T = jax.lax.with_sharding_constraint(jax.random.normal(noise_key, shape),
-                                           parallel.batch_sharded(mesh))
+    x_T = jax.lax.with_sharding_constraint(
+      jax.random.normal(noise_key, shape), parallel.batch_sharded(mesh)
+    )
     if s.sampler == "ddim":
-      return samplers.ddim(model_fn, schedule, x_T, num_steps=s.num_steps, eta=s.eta,
-                           spacing=s.spacing, prediction=config.diffusion.prediction,
-                           clip_denoised=s.clip_denoised, key=sampler_key)
+      return samplers.ddim(
+        model_fn,
+        schedule,
+        x_T,
+        num_steps=s.num_steps,
+        eta=s.eta,
+        spacing=s.spacing,
+        prediction=config.diffusion.prediction,
+        clip_denoised=s.clip_denoised,
+        key=sampler_key,
+      )
     if s.sampler == "ddpm":
-      return samplers.ddpm(model_fn, ddpm_schedule, x_T, variance=s.variance,
-                           prediction=config.diffusion.prediction,
-                           clip_denoised=s.clip_denoised, key=sampler_key)
+      return samplers.ddpm(
+        model_fn,
+        ddpm_schedule,
+        x_T,
+        variance=s.variance,
+        prediction=config.diffusion.prediction,
+        clip_denoised=s.clip_denoised,
+        key=sampler_key,
+      )
     raise ValueError(f"sample.sampler must be 'ddim' or 'ddpm', got {s.sampler!r}.")
 
   rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -82,7 +104,7 @@ def save_grid(images: np.ndarray, path, *, scale: int = 2) -> None:
   grid = np.full((rows * (h + 2) + 2, cols * (w + 2) + 2, c), 255, np.uint8)
   for i, image in enumerate(images):
     r, q = divmod(i, cols)
-    grid[2 + r * (h + 2):2 + r * (h + 2) + h, 2 + q * (w + 2):2 + q * (w + 2) + w] = image
+    grid[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + q * (w + 2) : 2 + q * (w + 2) + w] = image
   picture = Image.fromarray(grid[..., 0] if c == 1 else grid)
   picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -104,8 +126,10 @@ def sample(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
   run = setup(config, workdir)
   restored = run.checkpointer.restore_latest(abstract(run.state), with_data=False)
   if restored is None:
-    raise TrainingError(f"no checkpoint in {run.checkpointer.directory}; train first with "
-                        "--mode=train and the same --workdir.")
+    raise TrainingError(
+      f"no checkpoint in {run.checkpointer.directory}; train first with "
+      "--mode=train and the same --workdir."
+    )
   step, state, _ = restored
   s, d = config.sample, config.data
   name = f"{s.num_samples}x{d.image_size}x{d.image_size}x{d.channels}"
@@ -113,8 +137,9 @@ def sample(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
   npz, grid = out_dir / f"samples_{name}.npz", out_dir / "grid.png"
   for existing in (npz, grid):
     if existing.exists():
-      raise TrainingError(f"{existing} exists already; move it away (it is never overwritten) "
-                          "and run again.")
+      raise TrainingError(
+        f"{existing} exists already; move it away (it is never overwritten) and run again."
+      )
   partial = out_dir / f"partial_step{step}_{name}_seed{config.seed}"
   partial.mkdir(parents=True, exist_ok=True)
   fn = make_sample_fn(run.model_def, run.schedule, config, run.mesh, s.batch_size)
@@ -132,8 +157,8 @@ def sample(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
       tmp.rename(part)
   if jax.process_index() == 0:
     parts = [np.load(partial / f"{b:05d}.npz") for b in range(num_batches)]
-    images = np.concatenate([p["images"] for p in parts])[:s.num_samples]
-    labels = np.concatenate([p["labels"] for p in parts])[:s.num_samples]
+    images = np.concatenate([p["images"] for p in parts])[: s.num_samples]
+    labels = np.concatenate([p["labels"] for p in parts])[: s.num_samples]
     arrays = {"arr_0": images} if labels.size == 0 else {"arr_0": images, "arr_1": labels}
     np.savez(npz, **arrays)
     save_grid(images[:100], grid)

@@ -109,8 +109,9 @@ def cosine_betas(num_timesteps: int, *, s: float = 0.008, max_beta: float = 0.99
   return np.minimum(1.0 - ratio, max_beta)
 
 
-def scaled_linear_betas(num_timesteps: int, *, beta_start: float = 0.00085,
-                        beta_end: float = 0.012):
+def scaled_linear_betas(
+  num_timesteps: int, *, beta_start: float = 0.00085, beta_end: float = 0.012
+):
   """Stable Diffusion's schedule: linear in √β."""
   return np.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=np.float64) ** 2
 
@@ -118,16 +119,18 @@ def scaled_linear_betas(num_timesteps: int, *, beta_start: float = 0.00085,
 _BETAS = {"linear": linear_betas, "cosine": cosine_betas, "scaled_linear": scaled_linear_betas}
 
 
-def make(name: str, num_timesteps: int = 1000, *, respacing: RespacingSpec | None = None,
-         **kwargs) -> Schedule:
+def make(
+  name: str, num_timesteps: int = 1000, *, respacing: RespacingSpec | None = None, **kwargs
+) -> Schedule:
   """A schedule by name ('linear', 'cosine', 'scaled_linear'), optionally respaced."""
   if name not in _BETAS:
     raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(_BETAS)}.")
   if num_timesteps < 1:
     raise ValueError(f"num_timesteps must be positive, got {num_timesteps}.")
   betas = _BETAS[name](num_timesteps, **kwargs)
-  schedule = Schedule(betas=betas, timesteps=np.arange(num_timesteps),
-                      num_train_timesteps=num_timesteps)
+  schedule = Schedule(
+    betas=betas, timesteps=np.arange(num_timesteps), num_train_timesteps=num_timesteps
+  )
   return schedule if respacing is None else respace(schedule, respacing)
 
 
@@ -144,7 +147,7 @@ def space_timesteps(num_timesteps: int, spec: RespacingSpec) -> list[int]:
       raise ValueError(f"respaced timesteps must lie in [0, {num_timesteps}), got {spec!r}.")
     return steps
   if spec.startswith("ddim"):
-    wanted = int(spec[len("ddim"):])
+    wanted = int(spec[len("ddim") :])
     for stride in range(1, num_timesteps):
       if len(range(0, num_timesteps, stride)) == wanted:
         return list(range(0, num_timesteps, stride))
@@ -167,5 +170,8 @@ def respace(schedule: Schedule, spec: RespacingSpec) -> Schedule:
   kept = space_timesteps(schedule.num_timesteps, spec)
   alphas_cumprod = schedule.alphas_cumprod[kept]
   betas = 1.0 - alphas_cumprod / np.append(1.0, alphas_cumprod[:-1])
-  return Schedule(betas=betas, timesteps=schedule.timesteps[kept],
-                  num_train_timesteps=schedule.num_train_timesteps)
+  return Schedule(
+    betas=betas,
+    timesteps=schedule.timesteps[kept],
+    num_train_timesteps=schedule.num_train_timesteps,
+  )

@@ -25,8 +25,11 @@ from diffusers.schedulers import scheduling_ddpm
 OUT = pathlib.Path(__file__).parent / "data" / "sampler_reference.npz"
 SHAPE = (2, 4, 4, 1)  # NHWC; the fake model is elementwise, so the layout does not matter
 T = 1000
-DIFFUSERS_SCHEDULE = {"linear": "linear", "cosine": "squaredcos_cap_v2",
-                      "scaled_linear": "scaled_linear"}
+DIFFUSERS_SCHEDULE = {
+  "linear": "linear",
+  "cosine": "squaredcos_cap_v2",
+  "scaled_linear": "scaled_linear",
+}
 # diffusers' defaults are DDPM's ends; Stable Diffusion's configs pass these for scaled_linear.
 BETA_RANGE = {"linear": (1e-4, 0.02), "cosine": (1e-4, 0.02), "scaled_linear": (0.00085, 0.012)}
 
@@ -90,33 +93,63 @@ def main():
   noise = rng.standard_normal((T,) + SHAPE)
   data = {"x_T": x_T, "noise": noise}
   cases = []
-  for schedule, variance, clip in (("linear", "fixed_small", True),
-                                   ("cosine", "fixed_large", False)):
+  for schedule, variance, clip in (
+    ("linear", "fixed_small", True),
+    ("cosine", "fixed_large", False),
+  ):
     cases.append(("ddpm", dict(schedule=schedule, variance=variance, clip=clip)))
   for schedule in ("linear", "cosine", "scaled_linear"):
     for spacing in ("leading", "trailing", "linspace"):
-      cases.append(("ddim", dict(schedule=schedule, spacing=spacing, eta=0.0, clip=True,
-                                 set_alpha_to_one=True, steps=50)))
-  cases.append(("ddim", dict(schedule="linear", spacing="leading", eta=1.0, clip=True,
-                             set_alpha_to_one=True, steps=50)))
-  cases.append(("ddim", dict(schedule="cosine", spacing="trailing", eta=0.5, clip=False,
-                             set_alpha_to_one=False, steps=20)))
+      cases.append(
+        (
+          "ddim",
+          dict(
+            schedule=schedule, spacing=spacing, eta=0.0, clip=True, set_alpha_to_one=True, steps=50
+          ),
+        )
+      )
+  cases.append(
+    (
+      "ddim",
+      dict(
+        schedule="linear", spacing="leading", eta=1.0, clip=True, set_alpha_to_one=True, steps=50
+      ),
+    )
+  )
+  cases.append(
+    (
+      "ddim",
+      dict(
+        schedule="cosine", spacing="trailing", eta=0.5, clip=False, set_alpha_to_one=False, steps=20
+      ),
+    )
+  )
   names = []
   for kind, c in cases:
     if kind == "ddpm":
       name = f"ddpm_{c['schedule']}_{c['variance']}_clip{int(c['clip'])}"
       make = lambda: diffusers.DDPMScheduler(
-          num_train_timesteps=T, beta_schedule=DIFFUSERS_SCHEDULE[c["schedule"]],
-          beta_start=BETA_RANGE[c["schedule"]][0], beta_end=BETA_RANGE[c["schedule"]][1],
-          variance_type=c["variance"], clip_sample=c["clip"])
+        num_train_timesteps=T,
+        beta_schedule=DIFFUSERS_SCHEDULE[c["schedule"]],
+        beta_start=BETA_RANGE[c["schedule"]][0],
+        beta_end=BETA_RANGE[c["schedule"]][1],
+        variance_type=c["variance"],
+        clip_sample=c["clip"],
+      )
     else:
-      name = (f"ddim_{c['schedule']}_{c['spacing']}_eta{c['eta']}_clip{int(c['clip'])}"
-              f"_one{int(c['set_alpha_to_one'])}_n{c['steps']}")
+      name = (
+        f"ddim_{c['schedule']}_{c['spacing']}_eta{c['eta']}_clip{int(c['clip'])}"
+        f"_one{int(c['set_alpha_to_one'])}_n{c['steps']}"
+      )
       make = lambda: diffusers.DDIMScheduler(
-          num_train_timesteps=T, beta_schedule=DIFFUSERS_SCHEDULE[c["schedule"]],
-          beta_start=BETA_RANGE[c["schedule"]][0], beta_end=BETA_RANGE[c["schedule"]][1],
-          timestep_spacing=c["spacing"], clip_sample=c["clip"],
-          set_alpha_to_one=c["set_alpha_to_one"])
+        num_train_timesteps=T,
+        beta_schedule=DIFFUSERS_SCHEDULE[c["schedule"]],
+        beta_start=BETA_RANGE[c["schedule"]][0],
+        beta_end=BETA_RANGE[c["schedule"]][1],
+        timestep_spacing=c["spacing"],
+        clip_sample=c["clip"],
+        set_alpha_to_one=c["set_alpha_to_one"],
+      )
     for precision, dtype in (("f32", torch.float32), ("f64", torch.float64)):
       scheduler = make()
       if precision == "f64":
@@ -124,14 +157,19 @@ def main():
       scheduler.eta = c.get("eta", 0.0)
       scheduler.set_timesteps(c.get("steps", T))
       steps = [int(s) for s in scheduler.timesteps]
-      trajectory = run(scheduler, torch.from_numpy(x_T).to(dtype),
-                       torch.from_numpy(noise).to(dtype), steps)
+      trajectory = run(
+        scheduler, torch.from_numpy(x_T).to(dtype), torch.from_numpy(noise).to(dtype), steps
+      )
       data[f"{precision}/{name}/trajectory"] = trajectory
       data[f"{precision}/{name}/timesteps"] = np.array(steps)
     names.append(name)
   for schedule, diffusers_name in DIFFUSERS_SCHEDULE.items():
-    s = diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule=diffusers_name,
-                                beta_start=BETA_RANGE[schedule][0], beta_end=BETA_RANGE[schedule][1])
+    s = diffusers.DDPMScheduler(
+      num_train_timesteps=T,
+      beta_schedule=diffusers_name,
+      beta_start=BETA_RANGE[schedule][0],
+      beta_end=BETA_RANGE[schedule][1],
+    )
     data[f"tables/{schedule}/betas"] = s.betas.numpy()
     data[f"tables/{schedule}/alphas_cumprod"] = s.alphas_cumprod.numpy()
   data["cases"] = np.array(names)

@@ -46,18 +46,29 @@ def test_config_trains_two_steps_on_mock_data(name, tmp_path):
   config.data.batch_size = 2
   config.train.num_devices = 1
   with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
-    dataset = data.make_dataset(name=config.data.name, split=config.data.split, batch_size=2,
-                                image_size=config.data.image_size,
-                                random_flip=config.data.random_flip, seed=0)
+    dataset = data.make_dataset(
+      name=config.data.name,
+      split=config.data.split,
+      batch_size=2,
+      image_size=config.data.image_size,
+      random_flip=config.data.random_flip,
+      seed=0,
+    )
     batches = [next(iter(dataset)) for _ in range(2)]
   d = config.data
   assert batches[0]["image"].shape == (2, d.image_size, d.image_size, d.channels)
   mesh = parallel.make_mesh(1)
   tx = state_lib.make_optimizer(config)
   model_def, state = state_lib.create(config, tx)
-  fn = make_train_fn(mesh, state, steps_per_call=1, model_def=model_def, tx=tx, config=config,
-                     schedule=schedules.make(config.diffusion.schedule,
-                                             config.diffusion.num_timesteps))
+  fn = make_train_fn(
+    mesh,
+    state,
+    steps_per_call=1,
+    model_def=model_def,
+    tx=tx,
+    config=config,
+    schedule=schedules.make(config.diffusion.schedule, config.diffusion.num_timesteps),
+  )
   stacked = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, parallel.DATA))
   for batch in batches:
     host = {k: v[None] for k, v in batch.items() if k == "image" or config.model.class_conditional}

@@ -30,8 +30,15 @@ def digits_dir(tmp_path_factory):
 
 
 def _digits(digits_dir, **overrides):
-  kwargs = dict(name="digits", split="test", batch_size=16, data_dir=digits_dir,
-                random_flip=True, seed=0, read_threads=0)
+  kwargs = dict(
+    name="digits",
+    split="test",
+    batch_size=16,
+    data_dir=digits_dir,
+    random_flip=True,
+    seed=0,
+    read_threads=0,
+  )
   return iter(make_dataset(**{**kwargs, **overrides}))
 
 
@@ -49,6 +56,7 @@ def _assert_batches_equal(a, b):
 
 # --- digits builder -------------------------------------------------------------------------
 
+
 def test_digits_matches_sklearn_pixel_for_pixel(digits_dir):
   sk = load_digits()
   # Reference written out independently of the builder: v * 255 / 16 rounded, each 8×8
@@ -58,8 +66,10 @@ def test_digits_matches_sklearn_pixel_for_pixel(digits_dir):
   in_test = np.isin(np.arange(1797), test_rows)
   for split, rows in [("test", in_test), ("train", ~in_test)]:
     source = tfds.data_source("digits", split=split, data_dir=digits_dir, download=False)
-    expected = sorted((img[..., None].tobytes(), int(label))
-                      for img, label in zip(expected_images[rows], sk.target[rows]))
+    expected = sorted(
+      (img[..., None].tobytes(), int(label))
+      for img, label in zip(expected_images[rows], sk.target[rows])
+    )
     # Sorted (bytes, label) pairs compare the splits as multisets, whatever the file order.
     assert sorted((ex["image"].tobytes(), int(ex["label"])) for ex in source) == expected
 
@@ -96,13 +106,25 @@ def test_make_dataset_builds_digits_on_first_use(tmp_path):
 
 # --- pipeline over mocked TFDS datasets -------------------------------------------------------
 
+
 @pytest.mark.parametrize("name, shape", [("mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))])
 def test_batches_are_normalized_source_examples(name, shape, tmp_path):
   with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
     source = tfds.data_source(name, split="train", data_dir=str(tmp_path), download=False)
-    batch = next(iter(make_dataset(
-      name=name, split="train", batch_size=4, data_dir=str(tmp_path),
-      random_flip=False, shuffle=False, seed=0, read_threads=0)))
+    batch = next(
+      iter(
+        make_dataset(
+          name=name,
+          split="train",
+          batch_size=4,
+          data_dir=str(tmp_path),
+          random_flip=False,
+          shuffle=False,
+          seed=0,
+          read_threads=0,
+        )
+      )
+    )
     expected = np.stack([source[i]["image"] for i in range(4)]).astype(np.float64)
     labels = [source[i]["label"] for i in range(4)]
   assert batch["image"].shape == (4, *shape) and batch["image"].dtype == np.float32
@@ -114,9 +136,20 @@ def test_batches_are_normalized_source_examples(name, shape, tmp_path):
 
 def test_unlabelled_dataset_is_cropped_and_resized(tmp_path):
   with tfds.testing.mock_data(num_examples=8, policy=tfds.testing.MockPolicy.USE_CODE):
-    batch = next(iter(make_dataset(
-      name="celeb_a", split="train", batch_size=4, data_dir=str(tmp_path),
-      image_size=32, random_flip=True, seed=0, read_threads=0)))
+    batch = next(
+      iter(
+        make_dataset(
+          name="celeb_a",
+          split="train",
+          batch_size=4,
+          data_dir=str(tmp_path),
+          image_size=32,
+          random_flip=True,
+          seed=0,
+          read_threads=0,
+        )
+      )
+    )
   assert set(batch) == {"image"}  # celeb_a has attributes, not a 'label' feature.
   assert batch["image"].shape == (4, 32, 32, 3)
 
@@ -126,14 +159,16 @@ def test_center_crop_resize_matches_jax_antialiased_bicubic(channels):
   rows, cols = np.mgrid[0:218, 0:178]
   planes = [127 + 100 * np.sin(rows / 15), 127 + 100 * np.cos(cols / 11), 90 + rows / 2]
   image = np.stack(planes[:channels], axis=-1).astype(np.uint8)
-  reference = jax.image.resize(image[20:198].astype(np.float32), (32, 32, channels),
-                               "bicubic", antialias=True)
+  reference = jax.image.resize(
+    image[20:198].astype(np.float32), (32, 32, channels), "bicubic", antialias=True
+  )
   resized = _center_crop_resize(image, 32)
   assert resized.shape == (32, 32, channels) and resized.dtype == np.uint8
   assert np.abs(resized - np.asarray(reference)).max() <= 1
 
 
 # --- determinism, epochs and resumption -------------------------------------------------------
+
 
 def test_flip_is_a_deterministic_function_of_seed(digits_dir):
   flipped = _take(_digits(digits_dir, shuffle=False, batch_size=64), 2)
@@ -203,11 +238,23 @@ def test_worker_processes_yield_the_in_process_batches(digits_dir):
 
 # --- multi-process batch math -----------------------------------------------------------------
 
+
 def test_processes_read_disjoint_equal_shares(digits_dir):
   def images(shard_options, batch_size):
-    return np.concatenate([b["image"] for b in _digits(
-      digits_dir, shard_options=shard_options, batch_size=batch_size, shuffle=False,
-      random_flip=False, num_epochs=1, drop_remainder=False)])
+    return np.concatenate(
+      [
+        b["image"]
+        for b in _digits(
+          digits_dir,
+          shard_options=shard_options,
+          batch_size=batch_size,
+          shuffle=False,
+          random_flip=False,
+          num_epochs=1,
+          drop_remainder=False,
+        )
+      ]
+    )
 
   everything = images(grain.sharding.NoSharding(), 10)
   for index in range(2):
@@ -217,8 +264,7 @@ def test_processes_read_disjoint_equal_shares(digits_dir):
   # 270 = 4 × 67 + 2: the 2 left over are dropped so every process takes as many steps.
   share = images(grain.sharding.ShardOptions(3, 4, drop_remainder=True), 8)
   np.testing.assert_array_equal(share, everything[:268][3::4])
-  first = next(_digits(digits_dir, shard_options=grain.sharding.ShardOptions(0, 4),
-                       batch_size=32))
+  first = next(_digits(digits_dir, shard_options=grain.sharding.ShardOptions(0, 4), batch_size=32))
   assert first["image"].shape[0] == 8 and first["label"].shape == (8,)
   with pytest.raises(ValueError, match="not divisible"):
     _digits(digits_dir, shard_options=grain.sharding.ShardOptions(0, 4), batch_size=30)
@@ -238,10 +284,12 @@ def test_global_batch_is_laid_out_by_the_sharding(digits_dir):
 
 # --- errors -----------------------------------------------------------------------------------
 
+
 def test_missing_dataset_names_the_build_command(tmp_path, monkeypatch):
   with pytest.raises(DatasetNotPreparedError) as error:
-    make_dataset(name="mnist", split="train", batch_size=8, data_dir=str(tmp_path),
-                 random_flip=False, seed=0)
+    make_dataset(
+      name="mnist", split="train", batch_size=8, data_dir=str(tmp_path), random_flip=False, seed=0
+    )
   assert isinstance(error.value, ValueError)
   command = f"`tfds build mnist --file_format=array_record --data_dir={tmp_path}`"
   assert command in str(error.value)

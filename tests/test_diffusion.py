@@ -36,8 +36,9 @@ def test_posterior_is_gaussian_product(t):
   ab_prev = SCHEDULE.alphas_cumprod[t - 1]
   precision = 1 / (1 - ab_prev) + a / SCHEDULE.betas[t]
   mean = (np.sqrt(ab_prev) * x0 / (1 - ab_prev) + np.sqrt(a) * x_t / SCHEDULE.betas[t]) / precision
-  got_mean, got_var, got_logvar = diffusion.q_posterior(x0, x_t, jnp.full((4,), t),
-                                                        schedule=SCHEDULE)
+  got_mean, got_var, got_logvar = diffusion.q_posterior(
+    x0, x_t, jnp.full((4,), t), schedule=SCHEDULE
+  )
   assert rel(got_mean, mean) < 1e-5  # float32 tables and arithmetic
   np.testing.assert_allclose(got_var[:, 0], 1 / precision, rtol=1e-5)
   np.testing.assert_allclose(got_logvar[:, 0], np.log(1 / precision), rtol=1e-5)
@@ -81,20 +82,23 @@ def test_mse_loss_of_oracle_and_zero_models():
   loss, _ = diffusion.mse_loss(jax.random.key(4), oracle, x0, schedule=SCHEDULE)
   assert float(loss) < 1e-6
   zero = lambda x_t, t: jnp.zeros_like(x_t)
-  loss, per_example = diffusion.mse_loss(jax.random.key(4), zero, x0, schedule=SCHEDULE,
-                                         prediction="x0")
+  loss, per_example = diffusion.mse_loss(
+    jax.random.key(4), zero, x0, schedule=SCHEDULE, prediction="x0"
+  )
   np.testing.assert_allclose(per_example, jnp.mean(x0**2, axis=(1, 2, 3)), rtol=1e-6)
   weights = jnp.arange(64.0) % 2
-  loss_w, per_w = diffusion.mse_loss(jax.random.key(4), zero, x0, schedule=SCHEDULE,
-                                     prediction="x0", weights=weights)
+  loss_w, per_w = diffusion.mse_loss(
+    jax.random.key(4), zero, x0, schedule=SCHEDULE, prediction="x0", weights=weights
+  )
   np.testing.assert_allclose(per_w, per_example * weights, rtol=1e-6)
   np.testing.assert_allclose(loss_w, jnp.mean(per_example * weights), rtol=1e-6)
 
 
 def test_mse_loss_of_zero_eps_model_is_noise_power():
   x0 = jnp.zeros((256, 8, 8, 3))
-  loss, _ = diffusion.mse_loss(jax.random.key(5), lambda x, t: jnp.zeros_like(x), x0,
-                               schedule=SCHEDULE)
+  loss, _ = diffusion.mse_loss(
+    jax.random.key(5), lambda x, t: jnp.zeros_like(x), x0, schedule=SCHEDULE
+  )
   n = x0.size  # E[ε²] = 1; 5 standard errors of a mean of n χ²₁ draws (variance 2)
   assert abs(float(loss) - 1.0) < 5 * np.sqrt(2 / n)
 
@@ -108,8 +112,9 @@ def test_uniform_timesteps():
 
 def test_unknown_prediction_is_an_error():
   with pytest.raises(ValueError, match="unknown prediction"):
-    diffusion.target(jnp.ones(1), jnp.ones(1), jnp.zeros(1, jnp.int32), schedule=SCHEDULE,
-                     prediction="score")
+    diffusion.target(
+      jnp.ones(1), jnp.ones(1), jnp.zeros(1, jnp.int32), schedule=SCHEDULE, prediction="score"
+    )
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "x0", "v"])

@@ -37,8 +37,9 @@ def test_unguided_channels_come_from_the_conditional_half():
   x = jax.random.normal(jax.random.key(1), (2, 2, 2, 4))
   t, y = jnp.array([1, 2]), jnp.array([4, 4])
   cond = conditional_model(x, t, y)
-  g = guidance.classifier_free(conditional_model, 4, guidance_scale=3.0, null_label=NULL,
-                               num_guided_channels=2)
+  g = guidance.classifier_free(
+    conditional_model, 4, guidance_scale=3.0, null_label=NULL, num_guided_channels=2
+  )
   out = g(x, t)
   np.testing.assert_allclose(out[..., 2:], cond[..., 2:], rtol=1e-6)
   assert not np.allclose(out[..., :2], cond[..., :2])

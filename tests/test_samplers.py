@@ -24,14 +24,30 @@ def sample_case(name, dtype):
   clip = "_clip1" in name
   if name.startswith("ddpm"):
     variance = "fixed_small" if "fixed_small" in name else "fixed_large"
-    return samplers.ddpm(fake_model, schedule, x_T, noise=jnp.asarray(REF["noise"], dtype),
-                         variance=variance, clip_denoised=clip, return_trajectory=True)
+    return samplers.ddpm(
+      fake_model,
+      schedule,
+      x_T,
+      noise=jnp.asarray(REF["noise"], dtype),
+      variance=variance,
+      clip_denoised=clip,
+      return_trajectory=True,
+    )
   spacing = next(s for s in ("leading", "trailing", "linspace") if f"_{s}_" in name)
   eta = float(name.split("_eta")[1].split("_")[0])
   n = int(name.split("_n")[-1])
-  return samplers.ddim(fake_model, schedule, x_T, num_steps=n, eta=eta, spacing=spacing,
-                       clip_denoised=clip, set_alpha_to_one="_one1" in name,
-                       noise=jnp.asarray(REF["noise"][:n], dtype), return_trajectory=True)
+  return samplers.ddim(
+    fake_model,
+    schedule,
+    x_T,
+    num_steps=n,
+    eta=eta,
+    spacing=spacing,
+    clip_denoised=clip,
+    set_alpha_to_one="_one1" in name,
+    noise=jnp.asarray(REF["noise"][:n], dtype),
+    return_trajectory=True,
+  )
 
 
 def rel(a, b):
@@ -62,8 +78,9 @@ def test_trajectory_matches_diffusers_float64(name):
 def test_ddim_visits_diffusers_timesteps(name):
   spacing = next(s for s in ("leading", "trailing", "linspace") if f"_{s}_" in name)
   n = int(name.split("_n")[-1])
-  np.testing.assert_array_equal(samplers.ddim_timesteps(1000, n, spacing),
-                                REF[f"f32/{name}/timesteps"])
+  np.testing.assert_array_equal(
+    samplers.ddim_timesteps(1000, n, spacing), REF[f"f32/{name}/timesteps"]
+  )
   if spacing == "leading":
     assert 999 not in samplers.ddim_timesteps(1000, n, spacing)
 
@@ -87,8 +104,9 @@ def point_mass_oracle(schedule, c):
 def test_ddpm_with_exact_model_returns_the_data_point(respacing):
   schedule = schedules.make("linear", 1000, respacing=respacing)
   x_T = jax.random.normal(jax.random.key(0), (3, 4, 4, 2))
-  x0 = samplers.ddpm(point_mass_oracle(schedule, 0.3), schedule, x_T, key=jax.random.key(1),
-                     clip_denoised=False)
+  x0 = samplers.ddpm(
+    point_mass_oracle(schedule, 0.3), schedule, x_T, key=jax.random.key(1), clip_denoised=False
+  )
   # Ends on the exact posterior mean at t = 0, which is x̂0 = c whatever noise came before.
   np.testing.assert_allclose(x0, 0.3, atol=1e-4)
 
@@ -97,8 +115,14 @@ def test_ddpm_with_exact_model_returns_the_data_point(respacing):
 def test_ddim_with_exact_model_returns_the_data_point(spacing):
   schedule = schedules.make("cosine", 1000)
   x_T = jax.random.normal(jax.random.key(2), (2, 4, 4, 1))
-  x0 = samplers.ddim(point_mass_oracle(schedule, -0.5), schedule, x_T, num_steps=10,
-                     spacing=spacing, clip_denoised=False)
+  x0 = samplers.ddim(
+    point_mass_oracle(schedule, -0.5),
+    schedule,
+    x_T,
+    num_steps=10,
+    spacing=spacing,
+    clip_denoised=False,
+  )
   np.testing.assert_allclose(x0, -0.5, atol=1e-4)
 
 
@@ -109,10 +133,14 @@ def test_key_draws_are_reproducible_and_jit_compatible():
   a, b = run(jax.random.key(4)), run(jax.random.key(4))
   np.testing.assert_array_equal(a, b)
   assert rel(run(jax.random.key(5)), np.asarray(a)) > 1e-2
-  jitted = jax.jit(lambda x, key: samplers.ddim(fake_model, schedules.make("linear"), x,
-                                                num_steps=20, eta=1.0, key=key))
-  eager = samplers.ddim(fake_model, schedules.make("linear"), x_T, num_steps=20, eta=1.0,
-                        key=jax.random.key(6))
+  jitted = jax.jit(
+    lambda x, key: samplers.ddim(
+      fake_model, schedules.make("linear"), x, num_steps=20, eta=1.0, key=key
+    )
+  )
+  eager = samplers.ddim(
+    fake_model, schedules.make("linear"), x_T, num_steps=20, eta=1.0, key=jax.random.key(6)
+  )
   np.testing.assert_allclose(jitted(x_T, jax.random.key(6)), eager, rtol=1e-6, atol=1e-6)
 
 

@@ -53,7 +53,7 @@ def test_derived_tables_closed_forms():
   s = schedules.make("linear", 1000)
   ab = np.cumprod(1 - s.betas)
   np.testing.assert_allclose(s.alphas_cumprod_prev, np.append(1.0, ab[:-1]), rtol=1e-15)
-  np.testing.assert_allclose(s.sqrt_one_minus_alphas_cumprod ** 2, 1 - ab, rtol=1e-13)
+  np.testing.assert_allclose(s.sqrt_one_minus_alphas_cumprod**2, 1 - ab, rtol=1e-13)
   var = s.betas * (1 - s.alphas_cumprod_prev) / (1 - ab)
   assert s.posterior_variance[0] == 0.0
   np.testing.assert_allclose(s.posterior_variance, var, rtol=1e-13)
@@ -67,7 +67,8 @@ def test_respacing_ddim_and_sections():
   assert len(steps) == 250 and steps[0] == 0 and steps[-1] == 999
   # two sections of 500: 10 steps from [0, 500), 5 from [500, 1000), ends included
   assert schedules.space_timesteps(1000, "10,5") == (
-      [round(i * 499 / 9) for i in range(10)] + [500 + round(i * 499 / 4) for i in range(5)])
+    [round(i * 499 / 9) for i in range(10)] + [500 + round(i * 499 / 4) for i in range(5)]
+  )
   assert schedules.space_timesteps(1000, [999, 0, 500]) == [0, 500, 999]
 
 
@@ -78,16 +79,20 @@ def test_respaced_schedule_keeps_alpha_bar():
   assert short.num_timesteps == 25 and short.num_train_timesteps == 1000
   np.testing.assert_array_equal(short.timesteps, kept)
   np.testing.assert_allclose(short.alphas_cumprod, full.alphas_cumprod[kept], rtol=1e-12)
-  np.testing.assert_allclose(short.betas[1:], 1 - full.alphas_cumprod[kept][1:]
-                             / full.alphas_cumprod[kept][:-1], rtol=1e-12)
+  np.testing.assert_allclose(
+    short.betas[1:], 1 - full.alphas_cumprod[kept][1:] / full.alphas_cumprod[kept][:-1], rtol=1e-12
+  )
 
 
-@pytest.mark.parametrize("call, message", [
+@pytest.mark.parametrize(
+  "call, message",
+  [
     (lambda: schedules.make("quadratic"), "unknown schedule"),
     (lambda: schedules.space_timesteps(1000, "ddim999"), "no integer stride"),
     (lambda: schedules.space_timesteps(10, "20"), "cannot take 20"),
     (lambda: schedules.space_timesteps(10, [3, 10]), "must lie in"),
-])
+  ],
+)
 def test_bad_specs_raise_clear_errors(call, message):
   with pytest.raises(ValueError, match=message):
     call()

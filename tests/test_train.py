@@ -23,13 +23,23 @@ from jaxdiff.train.step import make_train_fn
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TINY = {
-    "data.batch_size": 16, "model.base_channels": 32, "model.channel_mult": (1,),
-    "model.num_res_blocks": 1, "model.class_conditional": True, "train.num_steps": 8,
-    "train.checkpoint_every": 2, "train.log_every": 2, "train.keep_checkpoints": 10,
-    "train.num_devices": 1, "train.steps_per_call": 2, "sample.num_steps": 4, "sample.num_samples": 8,
-    "sample.batch_size": 8, "optim.warmup_steps": 2,
-    # A rate that does not depend on train.num_steps, so runs of different lengths share programs.
-    "optim.schedule": "constant",
+  "data.batch_size": 16,
+  "model.base_channels": 32,
+  "model.channel_mult": (1,),
+  "model.num_res_blocks": 1,
+  "model.class_conditional": True,
+  "train.num_steps": 8,
+  "train.checkpoint_every": 2,
+  "train.log_every": 2,
+  "train.keep_checkpoints": 10,
+  "train.num_devices": 1,
+  "train.steps_per_call": 2,
+  "sample.num_steps": 4,
+  "sample.num_samples": 8,
+  "sample.batch_size": 8,
+  "optim.warmup_steps": 2,
+  # A rate that does not depend on train.num_steps, so runs of different lengths share programs.
+  "optim.schedule": "constant",
 }
 
 
@@ -53,13 +63,24 @@ def tiny_config(data_dir, **overrides):
 
 
 def cli(workdir, data_dir, *extra, mode="train", **overrides):
-  flags = [f"--config.{k}={v}" for k, v in {**TINY, "data.data_dir": data_dir,
-                                              **overrides}.items()
-           if not isinstance(v, tuple)]
-  flags += [f"--config.{k}=({','.join(map(str, v))},)" for k, v in TINY.items()
-            if isinstance(v, tuple)]
-  return [sys.executable, "-m", "jaxdiff.main", f"--config={ROOT / 'configs' / 'digits.py'}",
-          f"--workdir={workdir}", f"--mode={mode}", *flags, *extra]
+  flags = [
+    f"--config.{k}={v}"
+    for k, v in {**TINY, "data.data_dir": data_dir, **overrides}.items()
+    if not isinstance(v, tuple)
+  ]
+  flags += [
+    f"--config.{k}=({','.join(map(str, v))},)" for k, v in TINY.items() if isinstance(v, tuple)
+  ]
+  return [
+    sys.executable,
+    "-m",
+    "jaxdiff.main",
+    f"--config={ROOT / 'configs' / 'digits.py'}",
+    f"--workdir={workdir}",
+    f"--mode={mode}",
+    *flags,
+    *extra,
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +93,15 @@ def data_dir(tmp_path_factory):
 def synthetic_batches(config, num_steps):
   rng = np.random.default_rng(0)
   d = config.data
-  return [{"image": rng.uniform(-1, 1, (1, d.batch_size, d.image_size, d.image_size, d.channels))
-                    .astype(np.float32),
-           "label": rng.integers(0, 10, (1, d.batch_size)).astype(np.int32)}
-          for _ in range(num_steps)]
+  return [
+    {
+      "image": rng.uniform(-1, 1, (1, d.batch_size, d.image_size, d.image_size, d.channels)).astype(
+        np.float32
+      ),
+      "label": rng.integers(0, 10, (1, d.batch_size)).astype(np.int32),
+    }
+    for _ in range(num_steps)
+  ]
 
 
 def losses_on(num_devices, config, batches):
@@ -83,8 +109,15 @@ def losses_on(num_devices, config, batches):
   tx = state_lib.make_optimizer(config)
   model_def, state = state_lib.create(config, tx)
   state = jax.device_put(state, parallel.replicated(mesh))
-  fn = make_train_fn(mesh, state, steps_per_call=1, model_def=model_def, tx=tx, config=config,
-                     schedule=schedules.make("linear", 1000))
+  fn = make_train_fn(
+    mesh,
+    state,
+    steps_per_call=1,
+    model_def=model_def,
+    tx=tx,
+    config=config,
+    schedule=schedules.make("linear", 1000),
+  )
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, parallel.DATA))
   losses = []
   for batch in batches:
@@ -129,8 +162,9 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path, data_dir):
   loop.train(tiny_config(data_dir), straight)
   killed = tmp_path / "killed"
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-  proc = subprocess.Popen(cli(killed, data_dir), env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  proc = subprocess.Popen(
+    cli(killed, data_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
   deadline = time.time() + 300
   while not (killed / "checkpoints" / "4").exists():
     assert proc.poll() is None and time.time() < deadline, "the run ended before checkpoint 4"
@@ -186,43 +220,74 @@ class _NaNAtThirdBatch:
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
   real = loop.make_dataset
-  monkeypatch.setattr(loop, "make_dataset",
-                      lambda *a, **k: _NaNAtThirdBatch(iter(real(*a, **k))))
+  monkeypatch.setattr(loop, "make_dataset", lambda *a, **k: _NaNAtThirdBatch(iter(real(*a, **k))))
   workdir = tmp_path / "run"
-  with pytest.raises(TrainingError, match=r"loss became nan at step 3.*last good checkpoint is "
-                                          r"step 2"):
+  with pytest.raises(
+    TrainingError,
+    match=r"loss became nan at step 3.*last good checkpoint is "
+    r"step 2",
+  ):
     loop.train(tiny_config(data_dir), workdir)
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2"]
 
 
 def test_cli_train_then_sample_and_never_overwrite(tmp_path, data_dir):
   workdir = tmp_path / "run"
-  subprocess.run(cli(workdir, data_dir, **{"train.num_steps": 4, "train.sample_every": 4}),
-                 check=True, capture_output=True)
+  subprocess.run(
+    cli(workdir, data_dir, **{"train.num_steps": 4, "train.sample_every": 4}),
+    check=True,
+    capture_output=True,
+  )
   assert (workdir / "samples" / "grid_4.png").exists()
   lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert lines[0]["step"] == 0 and lines[0]["params"] > 0
   assert [line["step"] for line in lines[1:]] == [2, 4] and all("loss" in x for x in lines[1:])
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
-  subprocess.run(cli(workdir, data_dir, mode="sample", **{"train.num_steps": 4}), check=True,
-                 capture_output=True)
+  subprocess.run(
+    cli(workdir, data_dir, mode="sample", **{"train.num_steps": 4}), check=True, capture_output=True
+  )
   samples = np.load(workdir / "samples" / "samples_8x16x16x1.npz")
   assert samples["arr_0"].shape == (8, 16, 16, 1) and samples["arr_0"].dtype == np.uint8
   np.testing.assert_array_equal(samples["arr_1"], np.arange(8) % 10)
   assert (workdir / "samples" / "grid.png").exists()
-  again = subprocess.run(cli(workdir, data_dir, mode="sample", **{"train.num_steps": 4}),
-                         capture_output=True, text=True)
+  again = subprocess.run(
+    cli(workdir, data_dir, mode="sample", **{"train.num_steps": 4}), capture_output=True, text=True
+  )
   assert again.returncode == 1 and "exists already" in again.stderr
 
 
-@pytest.mark.parametrize("flag, message", [
+@pytest.mark.parametrize(
+  "flag, message",
+  [
     ("--config.train.no_such_key=1", "no_such_key"),
     ("--config.sample.sampler=euler", "sample.sampler must be one of"),
     ("--config.data.batch_size=12", "must be divisible"),
-])
+  ],
+)
 def test_config_errors_exit_nonzero_with_one_message(tmp_path, data_dir, flag, message):
-  result = subprocess.run(cli(tmp_path, data_dir, flag, **{"train.num_devices": 8}),
-                          capture_output=True, text=True)
+  result = subprocess.run(
+    cli(tmp_path, data_dir, flag, **{"train.num_devices": 8}), capture_output=True, text=True
+  )
   assert result.returncode != 0
   assert message in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_nonzero(tmp_path, data_dir):
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(
+    cli(workdir, data_dir, **{"train.num_steps": 400, "train.checkpoint_every": 100}),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  deadline = time.time() + 300
+  metrics = workdir / "metrics.jsonl"
+  while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+    assert proc.poll() is None and time.time() < deadline, "training did not start"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 1 and "rerun the same command to resume" in stderr
+  saved = [int(p.name) for p in (workdir / "checkpoints").iterdir()]
+  assert len(saved) == 1 and 2 <= saved[0] < 100  # saved at the step it stopped, off the grid

@@ -33,41 +33,41 @@ CONVERTED_PARAMS_DIR = "params"
 # `UNet2DModel.__init__` defaults (diffusers 0.42): a key missing from config.json takes these, as in
 # diffusers itself. Keys outside this table are refused: a newer feature could change the network.
 _DIFFUSERS_DEFAULTS = {
-    "sample_size": None,
-    "in_channels": 3,
-    "out_channels": 3,
-    "center_input_sample": False,
-    "time_embedding_type": "positional",
-    "time_embedding_dim": None,
-    "freq_shift": 0,
-    "flip_sin_to_cos": True,
-    "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
-    "mid_block_type": "UNetMidBlock2D",
-    "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    "block_out_channels": (224, 448, 672, 896),
-    "layers_per_block": 2,
-    "mid_block_scale_factor": 1,
-    "downsample_padding": 1,
-    "downsample_type": "conv",
-    "upsample_type": "conv",
-    "dropout": 0.0,
-    "act_fn": "silu",
-    "attention_head_dim": 8,
-    "norm_num_groups": 32,
-    "attn_norm_num_groups": None,
-    "norm_eps": 1e-5,
-    "resnet_time_scale_shift": "default",
-    "add_attention": True,
-    "class_embed_type": None,
-    "num_class_embeds": None,
-    "num_train_timesteps": None,
+  "sample_size": None,
+  "in_channels": 3,
+  "out_channels": 3,
+  "center_input_sample": False,
+  "time_embedding_type": "positional",
+  "time_embedding_dim": None,
+  "freq_shift": 0,
+  "flip_sin_to_cos": True,
+  "down_block_types": ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+  "mid_block_type": "UNetMidBlock2D",
+  "up_block_types": ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+  "block_out_channels": (224, 448, 672, 896),
+  "layers_per_block": 2,
+  "mid_block_scale_factor": 1,
+  "downsample_padding": 1,
+  "downsample_type": "conv",
+  "upsample_type": "conv",
+  "dropout": 0.0,
+  "act_fn": "silu",
+  "attention_head_dim": 8,
+  "norm_num_groups": 32,
+  "attn_norm_num_groups": None,
+  "norm_eps": 1e-5,
+  "resnet_time_scale_shift": "default",
+  "add_attention": True,
+  "class_embed_type": None,
+  "num_class_embeds": None,
+  "num_train_timesteps": None,
 }
 
 # Where jaxdiff's module names differ from diffusers' (diffusers wraps these in one-element lists).
 _RENAMED_MODULES = {
-    "downsample": "downsamplers.0",
-    "upsample": "upsamplers.0",
-    "to_out": "to_out.0",
+  "downsample": "downsamplers.0",
+  "upsample": "upsamplers.0",
+  "to_out": "to_out.0",
 }
 _RENAMED_LEAVES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
 # Checkpoints written before diffusers' `Attention` refactor (e.g. google/ddpm-cifar10-32).
@@ -76,225 +76,216 @@ _LEGACY_TO_MODERN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn
 
 
 def _require(condition: bool, sentence: str) -> None:
-    if not condition:
-        raise ValueError(sentence)
+  if not condition:
+    raise ValueError(sentence)
 
 
 def unet_kwargs_from_diffusers_config(cfg: Mapping) -> dict:
-    """`UNet` keyword arguments (JSON-serialisable, without dtype/rngs) equivalent to a diffusers
-    `UNet2DModel` config; ValueError naming the setting for anything jaxdiff's UNet cannot express.
-    """
-    _require(
-        cfg.get("_class_name", "UNet2DModel") == "UNet2DModel",
-        f"Only UNet2DModel checkpoints are supported, this one is a {cfg.get('_class_name')}.",
-    )
-    unknown = sorted(k for k in cfg if not k.startswith("_") and k not in _DIFFUSERS_DEFAULTS)
-    _require(
-        not unknown,
-        f"Unsupported UNet2DModel config keys {unknown}: remove them if they are irrelevant.",
-    )
-    c = {**_DIFFUSERS_DEFAULTS, **cfg}
+  """`UNet` keyword arguments (JSON-serialisable, without dtype/rngs) equivalent to a diffusers
+  `UNet2DModel` config; ValueError naming the setting for anything jaxdiff's UNet cannot express.
+  """
+  _require(
+    cfg.get("_class_name", "UNet2DModel") == "UNet2DModel",
+    f"Only UNet2DModel checkpoints are supported, this one is a {cfg.get('_class_name')}.",
+  )
+  unknown = sorted(k for k in cfg if not k.startswith("_") and k not in _DIFFUSERS_DEFAULTS)
+  _require(
+    not unknown,
+    f"Unsupported UNet2DModel config keys {unknown}: remove them if they are irrelevant.",
+  )
+  c = {**_DIFFUSERS_DEFAULTS, **cfg}
 
-    for key, supported in [
-        ("time_embedding_type", "positional"),
-        ("center_input_sample", False),
-        ("mid_block_type", "UNetMidBlock2D"),
-        ("mid_block_scale_factor", 1),
-        ("downsample_type", "conv"),
-        ("upsample_type", "conv"),
-        ("add_attention", True),
-        ("class_embed_type", None),
-    ]:
-        _require(
-            c[key] == supported,
-            f"Unsupported {key}={c[key]!r}: jaxdiff's UNet needs {supported!r}.",
-        )
+  for key, supported in [
+    ("time_embedding_type", "positional"),
+    ("center_input_sample", False),
+    ("mid_block_type", "UNetMidBlock2D"),
+    ("mid_block_scale_factor", 1),
+    ("downsample_type", "conv"),
+    ("upsample_type", "conv"),
+    ("add_attention", True),
+    ("class_embed_type", None),
+  ]:
     _require(
-        c["act_fn"] in ("silu", "swish"),
-        f"Unsupported act_fn={c['act_fn']!r}: jaxdiff's UNet uses silu.",
+      c[key] == supported,
+      f"Unsupported {key}={c[key]!r}: jaxdiff's UNet needs {supported!r}.",
     )
-    _require(
-        c["resnet_time_scale_shift"] in ("default", "scale_shift"),
-        f"Unsupported resnet_time_scale_shift={c['resnet_time_scale_shift']!r}: use 'default' or 'scale_shift'.",
-    )
-    # diffusers drops the GroupNorm of the mid-block attention for scale-shift models unless
-    # attn_norm_num_groups is given; jaxdiff's attention always normalises with norm_num_groups.
-    attn_groups = c["attn_norm_num_groups"]
-    if attn_groups is None and c["resnet_time_scale_shift"] == "default":
-        attn_groups = c["norm_num_groups"]
-    _require(
-        attn_groups == c["norm_num_groups"],
-        f"Unsupported attn_norm_num_groups={c['attn_norm_num_groups']!r} with resnet_time_scale_shift="
-        f"{c['resnet_time_scale_shift']!r}: jaxdiff's mid-block attention needs norm_num_groups groups.",
-    )
+  _require(
+    c["act_fn"] in ("silu", "swish"),
+    f"Unsupported act_fn={c['act_fn']!r}: jaxdiff's UNet uses silu.",
+  )
+  _require(
+    c["resnet_time_scale_shift"] in ("default", "scale_shift"),
+    f"Unsupported resnet_time_scale_shift={c['resnet_time_scale_shift']!r}: use 'default' or 'scale_shift'.",
+  )
+  # diffusers drops the GroupNorm of the mid-block attention for scale-shift models unless
+  # attn_norm_num_groups is given; jaxdiff's attention always normalises with norm_num_groups.
+  attn_groups = c["attn_norm_num_groups"]
+  if attn_groups is None and c["resnet_time_scale_shift"] == "default":
+    attn_groups = c["norm_num_groups"]
+  _require(
+    attn_groups == c["norm_num_groups"],
+    f"Unsupported attn_norm_num_groups={c['attn_norm_num_groups']!r} with resnet_time_scale_shift="
+    f"{c['resnet_time_scale_shift']!r}: jaxdiff's mid-block attention needs norm_num_groups groups.",
+  )
 
-    channels = list(c["block_out_channels"])
-    base = channels[0]
-    _require(
-        c["time_embedding_dim"] in (None, 4 * base),
-        f"Unsupported time_embedding_dim={c['time_embedding_dim']}: jaxdiff uses 4 * block_out_channels[0].",
-    )
-    _require(
-        all(ch % base == 0 for ch in channels),
-        f"block_out_channels {channels} must all be multiples of the first one.",
-    )
-    down, up = list(c["down_block_types"]), list(c["up_block_types"])
-    _require(
-        len(down) == len(up) == len(channels),
-        "down_block_types, up_block_types and block_out_channels must have the same length.",
-    )
-    _require(
-        set(down) <= {"DownBlock2D", "AttnDownBlock2D"}
-        and set(up) <= {"UpBlock2D", "AttnUpBlock2D"},
-        f"Unsupported block types {down} / {up}: only (Attn)DownBlock2D and (Attn)UpBlock2D are.",
-    )
-    attention = [kind == "AttnDownBlock2D" for kind in down]
-    _require(
-        attention[::-1] == [kind == "AttnUpBlock2D" for kind in up],
-        f"Up blocks {up} must mirror down blocks {down} in where they have attention.",
-    )
-    size = c["sample_size"]
-    if isinstance(size, (list, tuple)):
-        _require(
-            len(size) == 2 and size[0] == size[1], f"Unsupported non-square sample_size={size}."
-        )
-        size = size[0]
-    _require(
-        isinstance(size, int), "The config needs an integer sample_size to place attention levels."
-    )
-    num_classes = c["num_class_embeds"]
-    _require(
-        num_classes is None or num_classes >= 1,
-        f"Unsupported num_class_embeds={num_classes}: needs >= 1.",
-    )
+  channels = list(c["block_out_channels"])
+  base = channels[0]
+  _require(
+    c["time_embedding_dim"] in (None, 4 * base),
+    f"Unsupported time_embedding_dim={c['time_embedding_dim']}: jaxdiff uses 4 * block_out_channels[0].",
+  )
+  _require(
+    all(ch % base == 0 for ch in channels),
+    f"block_out_channels {channels} must all be multiples of the first one.",
+  )
+  down, up = list(c["down_block_types"]), list(c["up_block_types"])
+  _require(
+    len(down) == len(up) == len(channels),
+    "down_block_types, up_block_types and block_out_channels must have the same length.",
+  )
+  _require(
+    set(down) <= {"DownBlock2D", "AttnDownBlock2D"} and set(up) <= {"UpBlock2D", "AttnUpBlock2D"},
+    f"Unsupported block types {down} / {up}: only (Attn)DownBlock2D and (Attn)UpBlock2D are.",
+  )
+  attention = [kind == "AttnDownBlock2D" for kind in down]
+  _require(
+    attention[::-1] == [kind == "AttnUpBlock2D" for kind in up],
+    f"Up blocks {up} must mirror down blocks {down} in where they have attention.",
+  )
+  size = c["sample_size"]
+  if isinstance(size, (list, tuple)):
+    _require(len(size) == 2 and size[0] == size[1], f"Unsupported non-square sample_size={size}.")
+    size = size[0]
+  _require(
+    isinstance(size, int), "The config needs an integer sample_size to place attention levels."
+  )
+  num_classes = c["num_class_embeds"]
+  _require(
+    num_classes is None or num_classes >= 1,
+    f"Unsupported num_class_embeds={num_classes}: needs >= 1.",
+  )
 
-    return dict(
-        in_channels=c["in_channels"],
-        out_channels=c["out_channels"],
-        base_channels=base,
-        channel_mult=[ch // base for ch in channels],
-        num_res_blocks=c["layers_per_block"],
-        attention_resolutions=[size // 2**i for i, a in enumerate(attention) if a],
-        image_size=size,
-        head_channels=c["attention_head_dim"],
-        dropout=c["dropout"],
-        # diffusers' table has num_class_embeds rows; jaxdiff reads its last row as the null class.
-        num_classes=None if num_classes is None else num_classes - 1,
-        use_scale_shift_norm=c["resnet_time_scale_shift"] == "scale_shift",
-        downsample_padding=c["downsample_padding"],
-        flip_sin_to_cos=c["flip_sin_to_cos"],
-        freq_shift=c["freq_shift"],
-        norm_eps=c["norm_eps"],
-        norm_groups=c["norm_num_groups"],
-    )
+  return dict(
+    in_channels=c["in_channels"],
+    out_channels=c["out_channels"],
+    base_channels=base,
+    channel_mult=[ch // base for ch in channels],
+    num_res_blocks=c["layers_per_block"],
+    attention_resolutions=[size // 2**i for i, a in enumerate(attention) if a],
+    image_size=size,
+    head_channels=c["attention_head_dim"],
+    dropout=c["dropout"],
+    # diffusers' table has num_class_embeds rows; jaxdiff reads its last row as the null class.
+    num_classes=None if num_classes is None else num_classes - 1,
+    use_scale_shift_norm=c["resnet_time_scale_shift"] == "scale_shift",
+    downsample_padding=c["downsample_padding"],
+    flip_sin_to_cos=c["flip_sin_to_cos"],
+    freq_shift=c["freq_shift"],
+    norm_eps=c["norm_eps"],
+    norm_groups=c["norm_num_groups"],
+  )
 
 
 def diffusers_name(path: tuple) -> str:
-    """The diffusers state-dict name of the jaxdiff parameter at `path` (as in nnx.to_flat_state)."""
-    *modules, leaf = (str(p) for p in path)
-    return ".".join([_RENAMED_MODULES.get(m, m) for m in modules] + [_RENAMED_LEAVES[leaf]])
+  """The diffusers state-dict name of the jaxdiff parameter at `path` (as in nnx.to_flat_state)."""
+  *modules, leaf = (str(p) for p in path)
+  return ".".join([_RENAMED_MODULES.get(m, m) for m in modules] + [_RENAMED_LEAVES[leaf]])
 
 
 def _to_jax_layout(leaf: str, array: np.ndarray) -> np.ndarray:
-    if leaf == "kernel" and array.ndim == 4:
-        return array.transpose(2, 3, 1, 0)
-    if leaf == "kernel" and array.ndim == 2:
-        return array.T
-    return array
+  if leaf == "kernel" and array.ndim == 4:
+    return array.transpose(2, 3, 1, 0)
+  if leaf == "kernel" and array.ndim == 2:
+    return array.T
+  return array
 
 
 def _listing(names: list[str]) -> str:
-    shown = ", ".join(names[:8])
-    return shown + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+  shown = ", ".join(names[:8])
+  return shown + (f" and {len(names) - 8} more" if len(names) > 8 else "")
 
 
 def assign_diffusers_weights(model: UNet, tensors: Mapping[str, np.ndarray]) -> None:
-    """Overwrite every parameter of `model` from a diffusers state dict, all of which must be used."""
-    tensors = {
-        (
-            f"{m[1]}.{_LEGACY_TO_MODERN[m[2]]}.{m[3]}"
-            if (m := _LEGACY_ATTENTION.fullmatch(k))
-            else k
-        ): v
-        for k, v in tensors.items()
-    }
-    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-    expected = {diffusers_name(path): (path, var.shape) for path, var in flat}
-    missing = sorted(set(expected) - set(tensors))
-    unused = sorted(set(tensors) - set(expected))
+  """Overwrite every parameter of `model` from a diffusers state dict, all of which must be used."""
+  tensors = {
+    (f"{m[1]}.{_LEGACY_TO_MODERN[m[2]]}.{m[3]}" if (m := _LEGACY_ATTENTION.fullmatch(k)) else k): v
+    for k, v in tensors.items()
+  }
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  expected = {diffusers_name(path): (path, var.shape) for path, var in flat}
+  missing = sorted(set(expected) - set(tensors))
+  unused = sorted(set(tensors) - set(expected))
+  _require(
+    not missing and not unused,
+    f"The checkpoint does not match its config: missing tensors [{_listing(missing)}], "
+    f"unused tensors [{_listing(unused)}].",
+  )
+  values = []
+  for name, (path, shape) in expected.items():
+    value = _to_jax_layout(str(path[-1]), tensors[name])
     _require(
-        not missing and not unused,
-        f"The checkpoint does not match its config: missing tensors [{_listing(missing)}], "
-        f"unused tensors [{_listing(unused)}].",
+      value.shape == shape,
+      f"Tensor {name} has shape {tensors[name].shape}, which does not give the expected {shape}.",
     )
-    values = []
-    for name, (path, shape) in expected.items():
-        value = _to_jax_layout(str(path[-1]), tensors[name])
-        _require(
-            value.shape == shape,
-            f"Tensor {name} has shape {tensors[name].shape}, which does not give the expected {shape}.",
-        )
-        values.append((path, jnp.asarray(value, jnp.float32)))
-    nnx.update(model, nnx.from_flat_state(values))
+    values.append((path, jnp.asarray(value, jnp.float32)))
+  nnx.update(model, nnx.from_flat_state(values))
 
 
 def _convert_folder(
-    path: str | os.PathLike, *, dtype, dropout_key: int | jax.Array
+  path: str | os.PathLike, *, dtype, dropout_key: int | jax.Array
 ) -> tuple[dict, UNet]:
-    config_path, weights_path = os.path.join(path, CONFIG_FILE), os.path.join(path, WEIGHTS_FILE)
-    for file in (config_path, weights_path):
-        _require(
-            os.path.isfile(file), f"{file} does not exist: pass a diffusers UNet2DModel folder."
-        )
-    with open(config_path) as f:
-        kwargs = unet_kwargs_from_diffusers_config(json.load(f))
-    try:
-        tensors = load_file(weights_path)
-    except SafetensorError as e:
-        raise ValueError(f"{weights_path} is not a readable safetensors file ({e}).") from e
-    model = abstract_unet(**kwargs, dtype=dtype, dropout_key=dropout_key)
-    assign_diffusers_weights(model, tensors)
-    return kwargs, model
+  config_path, weights_path = os.path.join(path, CONFIG_FILE), os.path.join(path, WEIGHTS_FILE)
+  for file in (config_path, weights_path):
+    _require(os.path.isfile(file), f"{file} does not exist: pass a diffusers UNet2DModel folder.")
+  with open(config_path) as f:
+    kwargs = unet_kwargs_from_diffusers_config(json.load(f))
+  try:
+    tensors = load_file(weights_path)
+  except SafetensorError as e:
+    raise ValueError(f"{weights_path} is not a readable safetensors file ({e}).") from e
+  model = abstract_unet(**kwargs, dtype=dtype, dropout_key=dropout_key)
+  assign_diffusers_weights(model, tensors)
+  return kwargs, model
 
 
 def load_diffusers_unet(
-    path: str | os.PathLike, *, dtype=jnp.float32, dropout_key: int | jax.Array = 0
+  path: str | os.PathLike, *, dtype=jnp.float32, dropout_key: int | jax.Array = 0
 ) -> UNet:
-    """Build jaxdiff's UNet from a diffusers `UNet2DModel` folder."""
-    return _convert_folder(path, dtype=dtype, dropout_key=dropout_key)[1]
+  """Build jaxdiff's UNet from a diffusers `UNet2DModel` folder."""
+  return _convert_folder(path, dtype=dtype, dropout_key=dropout_key)[1]
 
 
 def convert_diffusers_unet(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Convert the diffusers folder `src` into a new jaxdiff checkpoint folder `dst`."""
-    dst = os.path.abspath(dst)
-    _require(
-        not (os.path.exists(dst) and os.listdir(dst)),
-        f"{dst} already exists and is not empty: choose a new output folder.",
-    )
-    kwargs, model = _convert_folder(src, dtype=jnp.float32, dropout_key=0)
-    os.makedirs(dst, exist_ok=True)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(os.path.join(dst, CONVERTED_PARAMS_DIR), nnx.state(model, nnx.Param))
-    # Written last: a folder with unet_config.json holds a complete checkpoint.
-    with open(os.path.join(dst, CONVERTED_CONFIG_FILE), "w") as f:
-        json.dump(kwargs, f, indent=2)
+  """Convert the diffusers folder `src` into a new jaxdiff checkpoint folder `dst`."""
+  dst = os.path.abspath(dst)
+  _require(
+    not (os.path.exists(dst) and os.listdir(dst)),
+    f"{dst} already exists and is not empty: choose a new output folder.",
+  )
+  kwargs, model = _convert_folder(src, dtype=jnp.float32, dropout_key=0)
+  os.makedirs(dst, exist_ok=True)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.join(dst, CONVERTED_PARAMS_DIR), nnx.state(model, nnx.Param))
+  # Written last: a folder with unet_config.json holds a complete checkpoint.
+  with open(os.path.join(dst, CONVERTED_CONFIG_FILE), "w") as f:
+    json.dump(kwargs, f, indent=2)
 
 
 def load_converted_unet(
-    dst: str | os.PathLike, *, dtype=jnp.float32, dropout_key: int | jax.Array = 0
+  dst: str | os.PathLike, *, dtype=jnp.float32, dropout_key: int | jax.Array = 0
 ) -> UNet:
-    """Rebuild the UNet that `convert_diffusers_unet` (or the CLI) wrote to `dst`."""
-    dst = os.path.abspath(dst)
-    config_path = os.path.join(dst, CONVERTED_CONFIG_FILE)
-    _require(
-        os.path.isfile(config_path),
-        f"{config_path} does not exist: pass a folder written by jaxdiff.convert.",
+  """Rebuild the UNet that `convert_diffusers_unet` (or the CLI) wrote to `dst`."""
+  dst = os.path.abspath(dst)
+  config_path = os.path.join(dst, CONVERTED_CONFIG_FILE)
+  _require(
+    os.path.isfile(config_path),
+    f"{config_path} does not exist: pass a folder written by jaxdiff.convert.",
+  )
+  with open(config_path) as f:
+    model = abstract_unet(**json.load(f), dtype=dtype, dropout_key=dropout_key)
+  with ocp.StandardCheckpointer() as checkpointer:
+    params = checkpointer.restore(
+      os.path.join(dst, CONVERTED_PARAMS_DIR), nnx.state(model, nnx.Param)
     )
-    with open(config_path) as f:
-        model = abstract_unet(**json.load(f), dtype=dtype, dropout_key=dropout_key)
-    with ocp.StandardCheckpointer() as checkpointer:
-        params = checkpointer.restore(
-            os.path.join(dst, CONVERTED_PARAMS_DIR), nnx.state(model, nnx.Param)
-        )
-    nnx.update(model, params)
-    return model
+  nnx.update(model, params)
+  return model

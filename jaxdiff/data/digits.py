@@ -60,15 +60,17 @@ class Digits(tfds.core.GeneratorBasedBuilder):
     # Built directly, not with `dataset_info_from_configs`, which reads the description and
     # citation from README.md / CITATIONS.bib beside the module (tfds's dataset-folder layout).
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="Real 8x8 handwritten digits from scikit-learn, upsampled to 16x16.",
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=IMAGE_SHAPE),
-            "label": tfds.features.ClassLabel(num_classes=10),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://archive.ics.uci.edu/dataset/80",
-        citation=_CITATION,
+      builder=self,
+      description="Real 8x8 handwritten digits from scikit-learn, upsampled to 16x16.",
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=IMAGE_SHAPE),
+          "label": tfds.features.ClassLabel(num_classes=10),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      homepage="https://archive.ics.uci.edu/dataset/80",
+      citation=_CITATION,
     )
 
   def _split_generators(self, dl_manager):
@@ -91,6 +93,6 @@ def ensure_digits_prepared(data_dir: str | None = None) -> Digits:
   builder = Digits(data_dir=data_dir, file_format="array_record")
   if not builder.is_prepared():
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False)
     )
   return builder

@@ -49,7 +49,7 @@ def _center_crop_resize(image: np.ndarray, size: int) -> np.ndarray:
   height, width = image.shape[:2]
   side = min(height, width)
   top, left = (height - side) // 2, (width - side) // 2
-  square = image[top:top + side, left:left + side]
+  square = image[top : top + side, left : left + side]
   # PIL on NumPy keeps resizing in the reader threads, off the accelerators; its bicubic
   # filter widens its support when shrinking, so downscaling is antialiased.
   pil = Image.fromarray(square[..., 0] if square.shape[-1] == 1 else square)
@@ -81,22 +81,22 @@ def _to_model_inputs(batch: dict) -> dict:
 
 
 def make_dataset(
-    *,
-    name: str,
-    split: str,
-    batch_size: int,
-    data_dir: str | None = None,
-    image_size: int | None = None,
-    random_flip: bool,
-    seed: int,
-    shuffle: bool = True,
-    num_epochs: int | None = None,
-    drop_remainder: bool = True,
-    image_key: str = "image",
-    label_key: str | None = "label",
-    shard_options: grain.sharding.ShardOptions | None = None,
-    read_threads: int = 1,
-    num_workers: int = 0,
+  *,
+  name: str,
+  split: str,
+  batch_size: int,
+  data_dir: str | None = None,
+  image_size: int | None = None,
+  random_flip: bool,
+  seed: int,
+  shuffle: bool = True,
+  num_epochs: int | None = None,
+  drop_remainder: bool = True,
+  image_key: str = "image",
+  label_key: str | None = "label",
+  shard_options: grain.sharding.ShardOptions | None = None,
+  read_threads: int = 1,
+  num_workers: int = 0,
 ) -> grain.IterDataset:
   """This process's batches of a TFDS image dataset, as dicts of NumPy arrays.
 
@@ -120,18 +120,20 @@ def make_dataset(
 
   ds = grain.MapDataset.source(source)
   usable = len(ds) - len(ds) % shard.shard_count if shard.drop_remainder else len(ds)
-  ds = ds[:usable][shard.shard_index::shard.shard_count]
+  ds = ds[:usable][shard.shard_index :: shard.shard_count]
   # Folding in the shard keeps processes from drawing the same flips at the same positions.
   ds = ds.seed(int(np.random.SeedSequence([seed, shard.shard_index]).generate_state(1)[0]))
   if shuffle:
     ds = ds.shuffle()
   ds = ds.repeat(num_epochs)
-  ds = ds.map(functools.partial(
-    _select,
-    image_key=image_key,
-    label_key=label_key if label_key in features else None,
-    image_size=image_size,
-  ))
+  ds = ds.map(
+    functools.partial(
+      _select,
+      image_key=image_key,
+      label_key=label_key if label_key in features else None,
+      image_size=image_size,
+    )
+  )
   if random_flip:
     ds = ds.random_map(_random_flip)
   ds = ds.batch(batch_size // shard.shard_count, drop_remainder=drop_remainder)
@@ -145,8 +147,9 @@ def make_dataset(
   return iter_ds
 
 
-def make_global_batch(batch: dict[str, np.ndarray],
-                      sharding: jax.sharding.NamedSharding) -> dict[str, Any]:
+def make_global_batch(
+  batch: dict[str, np.ndarray], sharding: jax.sharding.NamedSharding
+) -> dict[str, Any]:
   """Assembles every process's host batch into global `jax.Array`s laid out by `sharding`.
 
   `sharding` partitions the leading (batch) axis, e.g. `NamedSharding(mesh, P('data'))`; a

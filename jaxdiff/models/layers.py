@@ -14,165 +14,163 @@ from flax import nnx
 
 
 def sinusoidal_embedding(
-    t: jax.Array, dim: int, *, flip_sin_to_cos: bool, freq_shift: float, max_period: float = 10000.0
+  t: jax.Array, dim: int, *, flip_sin_to_cos: bool, freq_shift: float, max_period: float = 10000.0
 ) -> jax.Array:
-    """DDPM's sinusoidal timestep embedding, (B,) -> (B, dim), always float32.
+  """DDPM's sinusoidal timestep embedding, (B,) -> (B, dim), always float32.
 
-    `freq_shift` is diffusers' `downscale_freq_shift`: 1 reproduces DDPM (the lowest frequency is
-    exactly 1/max_period), 0 reproduces ADM and most later models.
-    """
-    half = dim // 2
-    exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
-    angles = t.astype(jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
-    parts = (
-        (jnp.cos(angles), jnp.sin(angles))
-        if flip_sin_to_cos
-        else (jnp.sin(angles), jnp.cos(angles))
-    )
-    return jnp.concatenate(parts, axis=-1)
+  `freq_shift` is diffusers' `downscale_freq_shift`: 1 reproduces DDPM (the lowest frequency is
+  exactly 1/max_period), 0 reproduces ADM and most later models.
+  """
+  half = dim // 2
+  exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
+  angles = t.astype(jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
+  parts = (
+    (jnp.cos(angles), jnp.sin(angles)) if flip_sin_to_cos else (jnp.sin(angles), jnp.cos(angles))
+  )
+  return jnp.concatenate(parts, axis=-1)
 
 
 class TimestepMLP(nnx.Module):
-    """Sinusoid -> Linear -> SiLU -> Linear, as diffusers' `TimestepEmbedding`."""
+  """Sinusoid -> Linear -> SiLU -> Linear, as diffusers' `TimestepEmbedding`."""
 
-    def __init__(self, in_features: int, features: int, *, dtype, rngs: nnx.Rngs):
-        self.linear_1 = nnx.Linear(in_features, features, dtype=dtype, rngs=rngs)
-        self.linear_2 = nnx.Linear(features, features, dtype=dtype, rngs=rngs)
+  def __init__(self, in_features: int, features: int, *, dtype, rngs: nnx.Rngs):
+    self.linear_1 = nnx.Linear(in_features, features, dtype=dtype, rngs=rngs)
+    self.linear_2 = nnx.Linear(features, features, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.linear_2(nnx.silu(self.linear_1(x)))
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.linear_2(nnx.silu(self.linear_1(x)))
 
 
 def group_norm(channels: int, *, groups: int, eps: float, dtype, rngs: nnx.Rngs) -> nnx.GroupNorm:
-    # Two-pass variance: the fast E[x^2] - E[x]^2 form cancels catastrophically when an activation's
-    # mean is large next to its spread; PyTorch, whose weights we import, computes it stably too.
-    return nnx.GroupNorm(
-        channels, num_groups=groups, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs
-    )
+  # Two-pass variance: the fast E[x^2] - E[x]^2 form cancels catastrophically when an activation's
+  # mean is large next to its spread; PyTorch, whose weights we import, computes it stably too.
+  return nnx.GroupNorm(
+    channels, num_groups=groups, epsilon=eps, use_fast_variance=False, dtype=dtype, rngs=rngs
+  )
 
 
 def conv3x3(cin: int, cout: int, *, dtype, rngs: nnx.Rngs, zero: bool = False) -> nnx.Conv:
-    init = {"kernel_init": nnx.initializers.zeros_init()} if zero else {}
-    return nnx.Conv(cin, cout, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs, **init)
+  init = {"kernel_init": nnx.initializers.zeros_init()} if zero else {}
+  return nnx.Conv(cin, cout, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs, **init)
 
 
 class ResBlock(nnx.Module):
-    """GroupNorm-SiLU-conv, add (or scale-shift by) the time embedding, GroupNorm-SiLU-dropout-conv, skip.
+  """GroupNorm-SiLU-conv, add (or scale-shift by) the time embedding, GroupNorm-SiLU-dropout-conv, skip.
 
-    With `use_scale_shift_norm` (ADM) the embedding is projected to 2*out channels and applied as
-    norm2(h) * (1 + scale) + shift; otherwise (DDPM) it is added before norm2.
-    """
+  With `use_scale_shift_norm` (ADM) the embedding is projected to 2*out channels and applied as
+  norm2(h) * (1 + scale) + shift; otherwise (DDPM) it is added before norm2.
+  """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        emb_channels: int,
-        dropout: float,
-        use_scale_shift_norm: bool,
-        groups: int,
-        eps: float,
-        zero_init: bool,
-        dtype,
-        rngs: nnx.Rngs,
-    ):
-        self.use_scale_shift_norm = use_scale_shift_norm
-        self.norm1 = group_norm(in_channels, groups=groups, eps=eps, dtype=dtype, rngs=rngs)
-        self.conv1 = conv3x3(in_channels, out_channels, dtype=dtype, rngs=rngs)
-        proj_out = 2 * out_channels if use_scale_shift_norm else out_channels
-        self.time_emb_proj = nnx.Linear(emb_channels, proj_out, dtype=dtype, rngs=rngs)
-        self.norm2 = group_norm(out_channels, groups=groups, eps=eps, dtype=dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(dropout, rngs=rngs)
-        # Zero-initialising the last conv makes the block start as the identity (ADM).
-        self.conv2 = conv3x3(out_channels, out_channels, dtype=dtype, rngs=rngs, zero=zero_init)
-        self.conv_shortcut = (
-            nnx.Conv(in_channels, out_channels, (1, 1), dtype=dtype, rngs=rngs)
-            if in_channels != out_channels
-            else None
-        )
+  def __init__(
+    self,
+    in_channels: int,
+    out_channels: int,
+    *,
+    emb_channels: int,
+    dropout: float,
+    use_scale_shift_norm: bool,
+    groups: int,
+    eps: float,
+    zero_init: bool,
+    dtype,
+    rngs: nnx.Rngs,
+  ):
+    self.use_scale_shift_norm = use_scale_shift_norm
+    self.norm1 = group_norm(in_channels, groups=groups, eps=eps, dtype=dtype, rngs=rngs)
+    self.conv1 = conv3x3(in_channels, out_channels, dtype=dtype, rngs=rngs)
+    proj_out = 2 * out_channels if use_scale_shift_norm else out_channels
+    self.time_emb_proj = nnx.Linear(emb_channels, proj_out, dtype=dtype, rngs=rngs)
+    self.norm2 = group_norm(out_channels, groups=groups, eps=eps, dtype=dtype, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+    # Zero-initialising the last conv makes the block start as the identity (ADM).
+    self.conv2 = conv3x3(out_channels, out_channels, dtype=dtype, rngs=rngs, zero=zero_init)
+    self.conv_shortcut = (
+      nnx.Conv(in_channels, out_channels, (1, 1), dtype=dtype, rngs=rngs)
+      if in_channels != out_channels
+      else None
+    )
 
-    def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
-        h = self.conv1(nnx.silu(self.norm1(x)))
-        emb = self.time_emb_proj(nnx.silu(emb))[:, None, None, :]
-        if self.use_scale_shift_norm:
-            scale, shift = jnp.split(emb, 2, axis=-1)
-            h = self.norm2(h) * (1 + scale) + shift
-        else:
-            h = self.norm2(h + emb)
-        h = self.conv2(self.dropout(nnx.silu(h)))
-        skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
-        return skip + h
+  def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
+    h = self.conv1(nnx.silu(self.norm1(x)))
+    emb = self.time_emb_proj(nnx.silu(emb))[:, None, None, :]
+    if self.use_scale_shift_norm:
+      scale, shift = jnp.split(emb, 2, axis=-1)
+      h = self.norm2(h) * (1 + scale) + shift
+    else:
+      h = self.norm2(h + emb)
+    h = self.conv2(self.dropout(nnx.silu(h)))
+    skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
+    return skip + h
 
 
 class Attention(nnx.Module):
-    """Multi-head self-attention over the H*W positions with a residual, as in diffusers' `Attention`
-    built by `UNet2DModel` (GroupNorm, q/k/v linear, softmax(q k^T / sqrt(d)) v, linear out)."""
+  """Multi-head self-attention over the H*W positions with a residual, as in diffusers' `Attention`
+  built by `UNet2DModel` (GroupNorm, q/k/v linear, softmax(q k^T / sqrt(d)) v, linear out)."""
 
-    def __init__(
-        self,
-        channels: int,
-        *,
-        num_heads: int,
-        groups: int,
-        eps: float,
-        zero_init: bool,
-        dtype,
-        rngs: nnx.Rngs,
-    ):
-        self.num_heads = num_heads
-        self.group_norm = group_norm(channels, groups=groups, eps=eps, dtype=dtype, rngs=rngs)
-        self.to_q = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
-        self.to_k = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
-        self.to_v = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
-        init = {"kernel_init": nnx.initializers.zeros_init()} if zero_init else {}
-        self.to_out = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs, **init)
+  def __init__(
+    self,
+    channels: int,
+    *,
+    num_heads: int,
+    groups: int,
+    eps: float,
+    zero_init: bool,
+    dtype,
+    rngs: nnx.Rngs,
+  ):
+    self.num_heads = num_heads
+    self.group_norm = group_norm(channels, groups=groups, eps=eps, dtype=dtype, rngs=rngs)
+    self.to_q = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
+    self.to_k = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
+    self.to_v = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
+    init = {"kernel_init": nnx.initializers.zeros_init()} if zero_init else {}
+    self.to_out = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs, **init)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        b, h, w, c = x.shape
-        tokens = self.group_norm(x).reshape(b, h * w, c)
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    tokens = self.group_norm(x).reshape(b, h * w, c)
 
-        def heads(t: jax.Array) -> jax.Array:
-            # Softmax over up to 4096 positions in bf16 loses too much; attention runs in float32.
-            return t.reshape(b, h * w, self.num_heads, c // self.num_heads).astype(jnp.float32)
+    def heads(t: jax.Array) -> jax.Array:
+      # Softmax over up to 4096 positions in bf16 loses too much; attention runs in float32.
+      return t.reshape(b, h * w, self.num_heads, c // self.num_heads).astype(jnp.float32)
 
-        q, k, v = heads(self.to_q(tokens)), heads(self.to_k(tokens)), heads(self.to_v(tokens))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(c // self.num_heads)
-        weights = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, h * w, c).astype(tokens.dtype)
-        return x + self.to_out(out).reshape(b, h, w, c)
+    q, k, v = heads(self.to_q(tokens)), heads(self.to_k(tokens)), heads(self.to_v(tokens))
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(c // self.num_heads)
+    weights = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, h * w, c).astype(tokens.dtype)
+    return x + self.to_out(out).reshape(b, h, w, c)
 
 
 class Downsample(nnx.Module):
-    """Halve H and W: a stride-2 3x3 conv, or 2x2 average pooling when `with_conv` is False.
+  """Halve H and W: a stride-2 3x3 conv, or 2x2 average pooling when `with_conv` is False.
 
-    `padding` follows diffusers' `downsample_padding`: 1 pads one pixel on every side (ADM);
-    0 pads only bottom/right, as TensorFlow's SAME does for stride 2 (the original DDPM).
-    """
+  `padding` follows diffusers' `downsample_padding`: 1 pads one pixel on every side (ADM);
+  0 pads only bottom/right, as TensorFlow's SAME does for stride 2 (the original DDPM).
+  """
 
-    def __init__(self, channels: int, *, with_conv: bool, padding: int, dtype, rngs: nnx.Rngs):
-        if padding not in (0, 1):
-            raise ValueError(f"downsample_padding must be 0 or 1, got {padding}.")
-        pads = ((1, 1), (1, 1)) if padding == 1 else ((0, 1), (0, 1))
-        self.conv = (
-            nnx.Conv(channels, channels, (3, 3), strides=2, padding=pads, dtype=dtype, rngs=rngs)
-            if with_conv
-            else None
-        )
+  def __init__(self, channels: int, *, with_conv: bool, padding: int, dtype, rngs: nnx.Rngs):
+    if padding not in (0, 1):
+      raise ValueError(f"downsample_padding must be 0 or 1, got {padding}.")
+    pads = ((1, 1), (1, 1)) if padding == 1 else ((0, 1), (0, 1))
+    self.conv = (
+      nnx.Conv(channels, channels, (3, 3), strides=2, padding=pads, dtype=dtype, rngs=rngs)
+      if with_conv
+      else None
+    )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if self.conv is None:
-            b, h, w, c = x.shape
-            return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
-        return self.conv(x)
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.conv is None:
+      b, h, w, c = x.shape
+      return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+    return self.conv(x)
 
 
 class Upsample(nnx.Module):
-    """Double H and W by nearest-neighbour repetition, then (optionally) a 3x3 conv."""
+  """Double H and W by nearest-neighbour repetition, then (optionally) a 3x3 conv."""
 
-    def __init__(self, channels: int, *, with_conv: bool, dtype, rngs: nnx.Rngs):
-        self.conv = conv3x3(channels, channels, dtype=dtype, rngs=rngs) if with_conv else None
+  def __init__(self, channels: int, *, with_conv: bool, dtype, rngs: nnx.Rngs):
+    self.conv = conv3x3(channels, channels, dtype=dtype, rngs=rngs) if with_conv else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return x if self.conv is None else self.conv(x)
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return x if self.conv is None else self.conv(x)

@@ -14,8 +14,9 @@ from jaxdiff.schedules import Schedule
 SPACINGS = ("leading", "trailing", "linspace")
 
 
-def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "leading",
-                   steps_offset: int = 0) -> np.ndarray:
+def ddim_timesteps(
+  num_train_timesteps: int, num_steps: int, spacing: str = "leading", steps_offset: int = 0
+) -> np.ndarray:
   """The decreasing timesteps DDIM visits, by diffusers' three spacings.
 
   'leading' (the DDIM paper's) is k·⌊T/n⌋ and never visits T−1; 'trailing' ends at T−1
@@ -34,11 +35,24 @@ def ddim_timesteps(num_train_timesteps: int, num_steps: int, spacing: str = "lea
   return np.sort(steps.astype(np.int64))[::-1]
 
 
-def ddim(model_fn: Callable, schedule: Schedule, x_T, *, num_steps: int = 50, eta: float = 0.0,
-         spacing: str = "leading", steps_offset: int = 0, set_alpha_to_one: bool = True,
-         prediction: str = "epsilon", clip_denoised: bool = True, clip_range: float = 1.0,
-         use_clipped_model_output: bool = False, key=None, noise=None,
-         return_trajectory: bool = False):
+def ddim(
+  model_fn: Callable,
+  schedule: Schedule,
+  x_T,
+  *,
+  num_steps: int = 50,
+  eta: float = 0.0,
+  spacing: str = "leading",
+  steps_offset: int = 0,
+  set_alpha_to_one: bool = True,
+  prediction: str = "epsilon",
+  clip_denoised: bool = True,
+  clip_range: float = 1.0,
+  use_clipped_model_output: bool = False,
+  key=None,
+  noise=None,
+  return_trajectory: bool = False,
+):
   """Samples x_0 from x_T with `num_steps` DDIM steps; η = 0 is deterministic, η = 1 is DDPM-like.
 
   Follows diffusers' semantics exactly: the step from t goes to t − ⌊T/n⌋ whatever the spacing
@@ -57,13 +71,13 @@ def ddim(model_fn: Callable, schedule: Schedule, x_T, *, num_steps: int = 50, et
   alphas_cumprod = schedule.table("alphas_cumprod", dtype)
   final = jnp.ones((), dtype) if set_alpha_to_one else alphas_cumprod[0]
   per_step = {
-      "t": jnp.asarray(timesteps, jnp.int32),
-      "a_t": alphas_cumprod[timesteps],
-      "a_prev": jnp.where(jnp.asarray(prev >= 0), alphas_cumprod[np.maximum(prev, 0)], final),
+    "t": jnp.asarray(timesteps, jnp.int32),
+    "a_t": alphas_cumprod[timesteps],
+    "a_prev": jnp.where(jnp.asarray(prev >= 0), alphas_cumprod[np.maximum(prev, 0)], final),
   }
 
   def step(x, s, z):
-    out = call_model(model_fn, x, s["t"])[..., :x.shape[-1]]
+    out = call_model(model_fn, x, s["t"])[..., : x.shape[-1]]
     a_t, a_prev = s["a_t"], s["a_prev"]
     x0, eps = x0_and_eps_at(out, x, a_t, prediction=prediction)
     if clip_denoised:
@@ -77,5 +91,12 @@ def ddim(model_fn: Callable, schedule: Schedule, x_T, *, num_steps: int = 50, et
       x_prev = x_prev + std * z
     return x_prev.astype(x.dtype)
 
-  return run_steps(step, x_T, per_step, key=key, noise=noise, needs_noise=eta > 0,
-                   return_trajectory=return_trajectory)
+  return run_steps(
+    step,
+    x_T,
+    per_step,
+    key=key,
+    noise=noise,
+    needs_noise=eta > 0,
+    return_trajectory=return_trajectory,
+  )

@@ -14,9 +14,19 @@ from jaxdiff.schedules import Schedule
 VARIANCES = ("fixed_small", "fixed_large")
 
 
-def ddpm(model_fn: Callable, schedule: Schedule, x_T, *, key=None, noise=None,
-         variance: str = "fixed_small", prediction: str = "epsilon", clip_denoised: bool = True,
-         clip_range: float = 1.0, return_trajectory: bool = False):
+def ddpm(
+  model_fn: Callable,
+  schedule: Schedule,
+  x_T,
+  *,
+  key=None,
+  noise=None,
+  variance: str = "fixed_small",
+  prediction: str = "epsilon",
+  clip_denoised: bool = True,
+  clip_range: float = 1.0,
+  return_trajectory: bool = False,
+):
   """Samples x_0 from x_T ~ N(0, I) with one ancestral step per schedule step.
 
   `variance` is 'fixed_small' (the posterior variance β̃_t) or 'fixed_large' (β_t). β_t is
@@ -32,14 +42,14 @@ def ddpm(model_fn: Callable, schedule: Schedule, x_T, *, key=None, noise=None,
   alphas_cumprod = schedule.table("alphas_cumprod", dtype)
   a_prev_table = jnp.concatenate([jnp.ones((1,), alphas_cumprod.dtype), alphas_cumprod[:-1]])
   per_step = {
-      "t": jnp.asarray(schedule.timesteps[order], jnp.int32),
-      "a_t": alphas_cumprod[order],
-      "a_prev": a_prev_table[order],
-      "last": jnp.asarray(order == 0),
+    "t": jnp.asarray(schedule.timesteps[order], jnp.int32),
+    "a_t": alphas_cumprod[order],
+    "a_prev": a_prev_table[order],
+    "last": jnp.asarray(order == 0),
   }
 
   def step(x, s, z):
-    out = call_model(model_fn, x, s["t"])[..., :x.shape[-1]]
+    out = call_model(model_fn, x, s["t"])[..., : x.shape[-1]]
     a_t, a_prev = s["a_t"], s["a_prev"]
     b_t, b_prev = 1 - a_t, 1 - a_prev
     alpha_t = a_t / a_prev
@@ -52,6 +62,4 @@ def ddpm(model_fn: Callable, schedule: Schedule, x_T, *, key=None, noise=None,
     x_prev = jnp.where(s["last"], mean, mean + jnp.sqrt(var) * z)
     return x_prev.astype(x.dtype)
 
-  return run_steps(step, x_T, per_step, key=key, noise=noise,
-                   return_trajectory=return_trajectory)
-
+  return run_steps(step, x_T, per_step, key=key, noise=noise, return_trajectory=return_trajectory)

@@ -8,8 +8,16 @@ import jax
 import jax.numpy as jnp
 
 
-def run_steps(step_fn: Callable, x_T, per_step: dict, *, key=None, noise=None,
-              needs_noise: bool = True, return_trajectory: bool = False):
+def run_steps(
+  step_fn: Callable,
+  x_T,
+  per_step: dict,
+  *,
+  key=None,
+  noise=None,
+  needs_noise: bool = True,
+  return_trajectory: bool = False,
+):
   """Runs `x = step_fn(x, tables_i, noise_i)` for every step i in one compiled scan.
 
   With `needs_noise=False` and no explicit noise, step_fn receives None for the noise.

@@ -80,22 +80,29 @@ def train(config: ml_collections.ConfigDict, workdir) -> state_lib.TrainState:
   kwargs = dict(model_def=run.model_def, schedule=run.schedule, tx=run.tx, config=config)
   train_fns = {1: make_train_fn(run.mesh, state, steps_per_call=1, **kwargs)}
   if t.steps_per_call > 1:
-    train_fns[t.steps_per_call] = make_train_fn(run.mesh, state, steps_per_call=t.steps_per_call,
-                                                **kwargs)
+    train_fns[t.steps_per_call] = make_train_fn(
+      run.mesh, state, steps_per_call=t.steps_per_call, **kwargs
+    )
   grids = _GridWriter(run) if t.sample_every else None
   stacked = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec(None, parallel.DATA))
   metrics_out = _Metrics(run.workdir)
   metrics_out.write(step, {"params": sum(x.size for x in jax.tree.leaves(state.params))})
   preemption = _Preemption()
-  bar = tqdm.tqdm(total=t.num_steps, initial=step, unit="step", dynamic_ncols=True,
-                  disable=jax.process_index() != 0)
+  bar = tqdm.tqdm(
+    total=t.num_steps,
+    initial=step,
+    unit="step",
+    dynamic_ncols=True,
+    disable=jax.process_index() != 0,
+  )
   began = started = time.time()
   last_log = step
   try:
     while step < t.num_steps:
       # Calls never cross a checkpoint or sample boundary, so a resumed run makes the same calls.
-      boundaries = [t.num_steps] + [(step // e + 1) * e for e in (t.checkpoint_every,
-                                                                 t.sample_every) if e]
+      boundaries = [t.num_steps] + [
+        (step // e + 1) * e for e in (t.checkpoint_every, t.sample_every) if e
+      ]
       n = t.steps_per_call if min(boundaries) - step >= t.steps_per_call else 1
       batches = [next(iterator) for _ in range(n)]
       host = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
@@ -104,9 +111,10 @@ def train(config: ml_collections.ConfigDict, workdir) -> state_lib.TrainState:
       if not np.all(np.isfinite(losses)):
         good = run.checkpointer.steps()
         raise TrainingError(
-            f"the loss became {losses[~np.isfinite(losses)][0]} at step {step + 1}; stopped "
-            f"without saving. The last good checkpoint is step {good[-1] if good else 'none'}. "
-            "Lower optim.learning_rate or set optim.grad_clip_norm, then rerun to resume.")
+          f"the loss became {losses[~np.isfinite(losses)][0]} at step {step + 1}; stopped "
+          f"without saving. The last good checkpoint is step {good[-1] if good else 'none'}. "
+          "Lower optim.learning_rate or set optim.grad_clip_norm, then rerun to resume."
+        )
       step += n
       bar.update(n)
       bar.set_postfix(loss=f"{losses[-1]:.4f}")
@@ -123,8 +131,10 @@ def train(config: ml_collections.ConfigDict, workdir) -> state_lib.TrainState:
         grids.write(state.ema_params, step)
       if preemption.signal:
         run.checkpointer.wait()
-        raise TrainingError(f"stopped by signal {preemption.signal} at step {step}; the "
-                            "checkpoint is saved: rerun the same command to resume.")
+        raise TrainingError(
+          f"stopped by signal {preemption.signal} at step {step}; the "
+          "checkpoint is saved: rerun the same command to resume."
+        )
   finally:
     bar.close()
     preemption.restore()
@@ -144,10 +154,11 @@ class _GridWriter:
     self._run = run
     self._fn = sampling.make_sample_fn(run.model_def, run.schedule, c, run.mesh, count)
     self._labels = sampling.class_labels(c, count)
-    self._key = jax.random.fold_in(jax.random.key(c.seed), 0x9d1d)
+    self._key = jax.random.fold_in(jax.random.key(c.seed), 0x9D1D)
 
   def write(self, params, step: int):
     images = sampling.gather(self._fn(params, jax.random.fold_in(self._key, step), self._labels))
     if jax.process_index() == 0:
-      sampling.save_grid(sampling.to_uint8(images),
-                         self._run.workdir / "samples" / f"grid_{step}.png")
+      sampling.save_grid(
+        sampling.to_uint8(images), self._run.workdir / "samples" / f"grid_{step}.png"
+      )

@@ -50,15 +50,18 @@ def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDi
       old, new = old[part], new[part]
     as_json = lambda v: json.dumps(v.to_dict() if hasattr(v, "to_dict") else v, sort_keys=True)
     if as_json(old) != as_json(new):
-      raise TrainingError(f"{key} differs from the run already in {workdir} ({path}); use a new "
-                          "--workdir or the same settings.")
+      raise TrainingError(
+        f"{key} differs from the run already in {workdir} ({path}); use a new "
+        "--workdir or the same settings."
+      )
 
 
 def enable_compilation_cache(config: ml_collections.ConfigDict) -> None:
   """Turns on JAX's persistent compilation cache unless the environment already chose a folder."""
   if config.compilation_cache_dir and not jax.config.jax_compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir",
-                      str(pathlib.Path(config.compilation_cache_dir).expanduser()))
+    jax.config.update(
+      "jax_compilation_cache_dir", str(pathlib.Path(config.compilation_cache_dir).expanduser())
+    )
     # Initialization compiles many small programs; caching them all is what makes restarts fast.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
@@ -82,8 +85,16 @@ def make_dataset(config: ml_collections.ConfigDict, split: str, *, shuffle=True,
   d = config.data
   if d.name == "digits":
     data.ensure_digits_prepared(d.data_dir)
-  return data.make_dataset(name=d.name, split=split, batch_size=d.batch_size,
-                           data_dir=d.data_dir, image_size=d.image_size,
-                           random_flip=d.random_flip, seed=config.seed, shuffle=shuffle,
-                           num_epochs=num_epochs, num_workers=d.num_workers,
-                           label_key="label" if d.num_classes else None)
+  return data.make_dataset(
+    name=d.name,
+    split=split,
+    batch_size=d.batch_size,
+    data_dir=d.data_dir,
+    image_size=d.image_size,
+    random_flip=d.random_flip,
+    seed=config.seed,
+    shuffle=shuffle,
+    num_epochs=num_epochs,
+    num_workers=d.num_workers,
+    label_key="label" if d.num_classes else None,
+  )

@@ -43,16 +43,27 @@ def unet_kwargs(config: ml_collections.ConfigDict) -> dict:
   """The U-Net's constructor arguments from a run config."""
   m, d = config.model, config.data
   if config.train.compute_dtype not in COMPUTE_DTYPES:
-    raise ValueError(f"train.compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, "
-                     f"got {config.train.compute_dtype!r}.")
+    raise ValueError(
+      f"train.compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, "
+      f"got {config.train.compute_dtype!r}."
+    )
   return dict(
-      in_channels=d.channels, base_channels=m.base_channels, channel_mult=tuple(m.channel_mult),
-      num_res_blocks=m.num_res_blocks, attention_resolutions=tuple(m.attention_resolutions),
-      image_size=d.image_size, num_heads=m.num_heads, head_channels=m.head_channels,
-      dropout=m.dropout, num_classes=d.num_classes if m.class_conditional else None,
-      learn_sigma=m.learn_sigma, use_scale_shift_norm=m.use_scale_shift_norm,
-      resample_with_conv=m.resample_with_conv, patch_size=m.patch_size,
-      dtype=COMPUTE_DTYPES[config.train.compute_dtype])
+    in_channels=d.channels,
+    base_channels=m.base_channels,
+    channel_mult=tuple(m.channel_mult),
+    num_res_blocks=m.num_res_blocks,
+    attention_resolutions=tuple(m.attention_resolutions),
+    image_size=d.image_size,
+    num_heads=m.num_heads,
+    head_channels=m.head_channels,
+    dropout=m.dropout,
+    num_classes=d.num_classes if m.class_conditional else None,
+    learn_sigma=m.learn_sigma,
+    use_scale_shift_norm=m.use_scale_shift_norm,
+    resample_with_conv=m.resample_with_conv,
+    patch_size=m.patch_size,
+    dtype=COMPUTE_DTYPES[config.train.compute_dtype],
+  )
 
 
 def lr_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -65,16 +76,18 @@ def lr_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
     after = optax.cosine_decay_schedule(o.learning_rate, max(config.train.num_steps - warmup, 1))
   else:
     raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {o.schedule!r}.")
-  return optax.join_schedules([optax.linear_schedule(0.0, o.learning_rate, warmup), after],
-                              [warmup])
+  return optax.join_schedules(
+    [optax.linear_schedule(0.0, o.learning_rate, warmup), after], [warmup]
+  )
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """AdamW after global-norm clipping (when optim.grad_clip_norm is set)."""
   o = config.optim
   parts = [optax.clip_by_global_norm(o.grad_clip_norm)] if o.grad_clip_norm else []
-  parts.append(optax.adamw(lr_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps,
-                           weight_decay=o.weight_decay))
+  parts.append(
+    optax.adamw(lr_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
+  )
   return optax.chain(*parts)
 
 
@@ -83,7 +96,11 @@ def create(config: ml_collections.ConfigDict, tx: optax.GradientTransformation):
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
   model = UNet(**unet_kwargs(config), rngs=nnx.Rngs(params=init_key, dropout=0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                     ema_params=jax.tree.map(jnp.copy, params), opt_state=tx.init(params),
-                     rng=jax.random.key_data(train_key))
+  state = TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    ema_params=jax.tree.map(jnp.copy, params),
+    opt_state=tx.init(params),
+    rng=jax.random.key_data(train_key),
+  )
   return ModelDef(graphdef, rest), state

@@ -24,8 +24,15 @@ def ema_decay(config: ml_collections.ConfigDict, step):
   return jnp.asarray(decay, jnp.float32)
 
 
-def train_step(state: TrainState, batch: dict, *, model_def: ModelDef, schedule: Schedule,
-               tx: optax.GradientTransformation, config: ml_collections.ConfigDict):
+def train_step(
+  state: TrainState,
+  batch: dict,
+  *,
+  model_def: ModelDef,
+  schedule: Schedule,
+  tx: optax.GradientTransformation,
+  config: ml_collections.ConfigDict,
+):
   """One optimizer update on a global batch {'image': NHWC in [-1, 1], 'label'?}."""
   key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   loss_key, dropout_key, label_key = jax.random.split(key, 3)
@@ -39,9 +46,14 @@ def train_step(state: TrainState, batch: dict, *, model_def: ModelDef, schedule:
     model = model_def.bind(params)
     nnx.reseed(model, dropout=dropout_key)
     model_fn = lambda x, t: model(x, t, labels)
-    loss, _ = diffusion.mse_loss(loss_key, model_fn, batch["image"], schedule=schedule,
-                                 prediction=config.diffusion.prediction,
-                                 min_snr_gamma=config.diffusion.min_snr_gamma or None)
+    loss, _ = diffusion.mse_loss(
+      loss_key,
+      model_fn,
+      batch["image"],
+      schedule=schedule,
+      prediction=config.diffusion.prediction,
+      min_snr_gamma=config.diffusion.min_snr_gamma or None,
+    )
     return loss
 
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
@@ -49,10 +61,14 @@ def train_step(state: TrainState, batch: dict, *, model_def: ModelDef, schedule:
   params = optax.apply_updates(state.params, updates)
   decay = ema_decay(config, state.step)
   ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-             "lr": lr_schedule(config)(state.step)}
-  return state.replace(step=state.step + 1, params=params, ema_params=ema,
-                       opt_state=opt_state), metrics
+  metrics = {
+    "loss": loss,
+    "grad_norm": optax.tree.norm(grads),
+    "lr": lr_schedule(config)(state.step),
+  }
+  return state.replace(
+    step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state
+  ), metrics
 
 
 def make_train_fn(mesh, state: TrainState, *, steps_per_call: int, **step_kwargs):
@@ -75,5 +91,9 @@ def make_train_fn(mesh, state: TrainState, *, steps_per_call: int, **step_kwargs
   replicated = parallel.replicated(mesh)
   stacked_batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, parallel.DATA))
   state_sharding = jax.tree.map(lambda _: replicated, state)
-  return jax.jit(run, in_shardings=(state_sharding, stacked_batch),
-                 out_shardings=(state_sharding, replicated), donate_argnums=0)
+  return jax.jit(
+    run,
+    in_shardings=(state_sharding, stacked_batch),
+    out_shardings=(state_sharding, replicated),
+    donate_argnums=0,
+  )
