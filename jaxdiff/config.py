@@ -45,6 +45,8 @@ def default_config() -> ml_collections.ConfigDict:
   f.num_timesteps = 1000
   f.prediction = "epsilon"
   f.min_snr_gamma = 0.0  # >0: Min-SNR-γ loss weighting (Hang et al. 2023); 0: L_simple
+  f.loss = "mse"  # 'mse' (L_simple) or 'hybrid' (+ λ·L_vlb; needs model.learn_sigma)
+  f.vlb_weight = 0.001  # λ of L_hybrid (improved DDPM)
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 2e-4
@@ -73,13 +75,18 @@ def default_config() -> ml_collections.ConfigDict:
   s.num_steps = 50  # DDIM steps; DDPM respaces to this many (ADM), T for the full chain
   s.eta = 0.0
   s.spacing = "leading"  # DDIM timestep spacing: 'leading', 'trailing', 'linspace'
-  s.variance = "fixed_small"  # DDPM: 'fixed_small' or 'fixed_large'
+  s.variance = "fixed_small"  # DDPM: 'fixed_small', 'fixed_large' or 'learned_range'
   s.clip_denoised = True
   s.num_samples = 100
   s.batch_size = 100
   s.guidance_scale = 1.0  # classifier-free guidance; 1 = the conditional model
   s.class_labels = ml_collections.config_dict.placeholder(tuple)  # None: cycle 0..num_classes-1
   s.grid_samples = 100  # images in the grids written during training
+
+  c.eval = e = ml_collections.ConfigDict()
+  e.num_timesteps = 0  # --mode=eval: 0 = the full bound over all steps, K = an unbiased
+  e.batch_size = 64  # estimate from K random steps per example
+  e.num_examples = 0  # 0 = the whole data.eval_split
   return c
 
 
@@ -90,7 +97,8 @@ CHOICES = {
   "train.compute_dtype": ("float32", "bfloat16"),
   "sample.sampler": ("ddim", "ddpm"),
   "sample.spacing": ("leading", "trailing", "linspace"),
-  "sample.variance": ("fixed_small", "fixed_large"),
+  "sample.variance": ("fixed_small", "fixed_large", "learned_range"),
+  "diffusion.loss": ("mse", "hybrid"),
 }
 
 
@@ -117,5 +125,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"{key} must be at least 1, got {config[section][name]}.")
   if config.model.class_conditional and not config.data.num_classes:
     raise ValueError("model.class_conditional needs data.num_classes.")
+  if config.sample.variance == "learned_range" and not config.model.learn_sigma:
+    raise ValueError("sample.variance='learned_range' needs model.learn_sigma=True.")
+  if config.diffusion.loss == "hybrid" and not config.model.learn_sigma:
+    raise ValueError("diffusion.loss='hybrid' needs model.learn_sigma=True.")
   if not 0.0 <= config.sample.eta <= 1.0:
     raise ValueError(f"sample.eta must lie in [0, 1], got {config.sample.eta}.")

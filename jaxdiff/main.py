@@ -1,4 +1,4 @@
-"""Command line: python -m jaxdiff.main --config=configs/X.py --workdir=DIR --mode=train|sample.
+"""Command line: python -m jaxdiff.main --config=configs/X.py --workdir=DIR --mode=train|sample|eval.
 
 Overrides: --config.train.num_steps=2000 (an unknown key is an error). Errors a user can cause
 end in one sentence on stderr and exit code 1; checkpoints are never touched by an error.
@@ -31,8 +31,8 @@ flags.DEFINE_string(
 flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "sample"],
-  "train (resumes from the newest checkpoint) or sample (from its EMA params).",
+  ["train", "sample", "eval"],
+  "train (resumes from the newest checkpoint), sample or eval (bits/dim; both from EMA params).",
 )
 FLAGS = flags.FLAGS
 
@@ -41,7 +41,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   # Imported here so that --help and flag errors answer without loading JAX and Orbax.
-  from jaxdiff import sampling
+  from jaxdiff import evaluation, sampling
   from jaxdiff.checkpoint import CheckpointError
   from jaxdiff.data import DatasetNotPreparedError
   from jaxdiff.train import loop
@@ -54,8 +54,10 @@ def main(argv):
   try:
     if FLAGS.mode == "train":
       loop.train(config, FLAGS.workdir)
-    else:
+    elif FLAGS.mode == "sample":
       sampling.sample(config, FLAGS.workdir)
+    else:
+      evaluation.evaluate(config, FLAGS.workdir)
   except user_errors as e:
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

@@ -291,3 +291,28 @@ def test_sigterm_saves_a_checkpoint_and_exits_nonzero(tmp_path, data_dir):
   assert proc.returncode == 1 and "rerun the same command to resume" in stderr
   saved = [int(p.name) for p in (workdir / "checkpoints").iterdir()]
   assert len(saved) == 1 and 2 <= saved[0] < 100  # saved at the step it stopped, off the grid
+
+
+def test_hybrid_loss_training_and_eval_mode(tmp_path, data_dir):
+  from jaxdiff import evaluation
+
+  config = tiny_config(
+    data_dir,
+    **{
+      "model.learn_sigma": True,
+      "diffusion.loss": "hybrid",
+      "sample.variance": "learned_range",
+      "train.num_steps": 2,
+      "eval.num_timesteps": 3,
+      "eval.batch_size": 16,
+    },
+  )
+  workdir = tmp_path / "run"
+  loop.train(config, workdir)
+  result = evaluation.evaluate(config, workdir)
+  assert result["eval_examples"] == 270  # the whole test split, the short last batch unpadded
+  assert (
+    result["eval_timesteps"] == 3 and np.isfinite(result["eval_bpd"]) and result["eval_bpd"] > 0
+  )
+  last = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
+  assert last["eval_bpd"] == result["eval_bpd"] and last["step"] == 2

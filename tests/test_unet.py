@@ -240,8 +240,8 @@ def test_patch_size_runs_the_network_at_lower_resolution():
     zero_init=False,
     rngs=nnx.Rngs(0),
   )
-  assert model.conv_in.kernel.value.shape == (3, 3, 4, 32)  # 2×2 patches of 1 channel
-  assert model.conv_out.kernel.value.shape == (3, 3, 32, 8)  # 2 output channels × 4 pixels
+  assert model.conv_in.kernel[...].shape == (3, 3, 4, 32)  # 2×2 patches of 1 channel
+  assert model.conv_out.kernel[...].shape == (3, 3, 32, 8)  # 2 output channels × 4 pixels
   out = model(jnp.ones((2, 16, 16, 1)), jnp.array([1, 500]))
   assert out.shape == (2, 16, 16, 2)
   with pytest.raises(ValueError, match="patch_size 3"):

@@ -11,7 +11,7 @@ from jaxdiff.diffusion import compute_dtype, x0_and_eps_at
 from jaxdiff.samplers.loop import call_model, run_steps
 from jaxdiff.schedules import Schedule
 
-VARIANCES = ("fixed_small", "fixed_large")
+VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 
 
 def ddpm(
@@ -29,7 +29,9 @@ def ddpm(
 ):
   """Samples x_0 from x_T ~ N(0, I) with one ancestral step per schedule step.
 
-  `variance` is 'fixed_small' (the posterior variance β̃_t) or 'fixed_large' (β_t). β_t is
+  `variance` is 'fixed_small' (the posterior variance β̃_t), 'fixed_large' (β_t) or
+  'learned_range' (improved DDPM: the model's channels C…2C hold v ∈ [−1, 1] and
+  log Σ = ½(v + 1)·log β_t + ½(1 − v)·log β̃_t). β_t is
   recomputed from the ᾱ table in the compute dtype, 1 − ᾱ_t/ᾱ_{t−1}, as diffusers does, so a
   respaced schedule (see `schedules.respace`) is sampled correctly and float32 trajectories match
   diffusers'. The model sees the original timesteps `schedule.timesteps`. No noise is added at the
@@ -49,7 +51,9 @@ def ddpm(
   }
 
   def step(x, s, z):
-    out = call_model(model_fn, x, s["t"])[..., : x.shape[-1]]
+    channels = x.shape[-1]
+    output = call_model(model_fn, x, s["t"])
+    out = output[..., :channels]
     a_t, a_prev = s["a_t"], s["a_prev"]
     b_t, b_prev = 1 - a_t, 1 - a_prev
     alpha_t = a_t / a_prev
@@ -58,7 +62,16 @@ def ddpm(
     if clip_denoised:
       x0 = jnp.clip(x0, -clip_range, clip_range)
     mean = (jnp.sqrt(a_prev) * beta_t / b_t) * x0 + (jnp.sqrt(alpha_t) * b_prev / b_t) * x
-    var = beta_t if variance == "fixed_large" else jnp.maximum(b_prev / b_t * beta_t, 1e-20)
+    small = jnp.maximum(b_prev / b_t * beta_t, 1e-20)
+    if variance == "fixed_large":
+      var = beta_t
+    elif variance == "learned_range":
+      if output.shape[-1] != 2 * channels:
+        raise ValueError("variance='learned_range' needs a model with learned variances.")
+      frac = (output[..., channels:] + 1) / 2
+      var = jnp.exp(frac * jnp.log(beta_t) + (1 - frac) * jnp.log(small))
+    else:
+      var = small
     x_prev = jnp.where(s["last"], mean, mean + jnp.sqrt(var) * z)
     return x_prev.astype(x.dtype)
 

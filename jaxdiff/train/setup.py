@@ -11,7 +11,7 @@ import ml_collections
 
 from jaxdiff import data, parallel, schedules
 from jaxdiff.checkpoint import Checkpointer
-from jaxdiff.config import validate
+from jaxdiff.config import default_config, validate
 from jaxdiff.train import state as state_lib
 
 
@@ -37,19 +37,28 @@ class Run:
 _FIXED = ("model", "diffusion", "data.image_size", "data.channels", "data.num_classes")
 
 
+def _flatten(value, prefix=""):
+  if isinstance(value, dict):
+    return {k: v for key, sub in value.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+  return {prefix[:-1]: json.loads(json.dumps(value))}  # tuples and lists compare alike
+
+
 def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict):
+  """Refuses settings that change what the workdir's checkpoints mean.
+
+  An option newer than the saved config.json is accepted at its default value, so workdirs made
+  by an older jaxdiff stay usable.
+  """
   path = workdir / "config.json"
   if not path.exists():
     path.write_text(config.to_json(indent=2))
     return
-  saved = ml_collections.ConfigDict(json.loads(path.read_text()))
-  for key in _FIXED:
-    head, *tail = key.split(".")
-    old, new = saved[head], config[head]
-    for part in tail:
-      old, new = old[part], new[part]
-    as_json = lambda v: json.dumps(v.to_dict() if hasattr(v, "to_dict") else v, sort_keys=True)
-    if as_json(old) != as_json(new):
+  saved = _flatten(json.loads(path.read_text()))
+  new, default = _flatten(config.to_dict()), _flatten(default_config().to_dict())
+  for key, value in new.items():
+    if not any(key == f or key.startswith(f + ".") for f in _FIXED):
+      continue
+    if value != saved.get(key, default.get(key)):
       raise TrainingError(
         f"{key} differs from the run already in {workdir} ({path}); use a new "
         "--workdir or the same settings."
@@ -81,17 +90,28 @@ def setup(config: ml_collections.ConfigDict, workdir) -> Run:
   return Run(config, workdir, mesh, schedule, tx, model_def, state, checkpointer)
 
 
-def make_dataset(config: ml_collections.ConfigDict, split: str, *, shuffle=True, num_epochs=None):
+def make_dataset(
+  config: ml_collections.ConfigDict,
+  split: str,
+  *,
+  shuffle=True,
+  num_epochs=None,
+  batch_size=None,
+  drop_remainder=True,
+  random_flip=None,
+):
+  """The config's dataset; training's batch size and flips unless given."""
   d = config.data
   if d.name == "digits":
     data.ensure_digits_prepared(d.data_dir)
   return data.make_dataset(
     name=d.name,
     split=split,
-    batch_size=d.batch_size,
+    batch_size=batch_size or d.batch_size,
+    drop_remainder=drop_remainder,
     data_dir=d.data_dir,
     image_size=d.image_size,
-    random_flip=d.random_flip,
+    random_flip=d.random_flip if random_flip is None else random_flip,
     seed=config.seed,
     shuffle=shuffle,
     num_epochs=num_epochs,

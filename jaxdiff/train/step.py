@@ -10,7 +10,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from jaxdiff import diffusion, parallel
+from jaxdiff import diffusion, likelihood, parallel
 from jaxdiff.schedules import Schedule
 from jaxdiff.train.state import ModelDef, TrainState, lr_schedule
 
@@ -46,13 +46,17 @@ def train_step(
     model = model_def.bind(params)
     nnx.reseed(model, dropout=dropout_key)
     model_fn = lambda x, t: model(x, t, labels)
-    loss, _ = diffusion.mse_loss(
+    hybrid = config.diffusion.loss == "hybrid"
+    objective = likelihood.hybrid_loss if hybrid else diffusion.mse_loss
+    extra = {"vlb_weight": config.diffusion.vlb_weight} if hybrid else {}
+    loss, _ = objective(
       loss_key,
       model_fn,
       batch["image"],
       schedule=schedule,
       prediction=config.diffusion.prediction,
       min_snr_gamma=config.diffusion.min_snr_gamma or None,
+      **extra,
     )
     return loss
 

@@ -1,0 +1,23 @@
+"""The digits default with learned variances and L_hybrid: Nichol & Dhariwal (2021), §3.1.
+
+Same data, U-Net, schedule and budget as configs/digits.py, but the U-Net also outputs the
+variance interpolation v (learn_sigma), trained by L_hybrid = L_simple + 0.001·L_vlb with the
+stop-gradient on the mean; DDPM sampling and the likelihood bound use the learned variances.
+Compare the test-split bound of the two with `--mode=eval` (see README).
+"""
+
+import importlib.util
+import pathlib
+
+
+def get_config():
+  path = pathlib.Path(__file__).with_name("digits.py")
+  spec = importlib.util.spec_from_file_location("digits_config", path)
+  digits = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(digits)
+  c = digits.get_config()
+  c.model.learn_sigma = True
+  c.diffusion.loss = "hybrid"
+  c.diffusion.vlb_weight = 0.001
+  c.sample.variance = "learned_range"
+  return c
