@@ -3,11 +3,18 @@
 A checkpoint that cannot be read (a file truncated or missing) is moved aside into
 `<workdir>/checkpoints_corrupt/` with a warning and the previous one is tried: nothing is deleted
 except by Orbax's keep-K rotation of good checkpoints, and a crash never loses a good one because
-Orbax commits a checkpoint by an atomic rename once every file is written.
+Orbax commits a checkpoint by an atomic rename once every file is written. A checkpoint that is
+readable but holds a different tree (written by another model or jaxdiff version) is not corrupt:
+restoring stops with an error and leaves it in place.
+
+A dataclass state is stored as a dict of its fields that are not None, so an optional part (the
+importance sampler's loss history) leaves no trace when unused, and checkpoints written before
+such a field existed restore unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import shutil
@@ -32,7 +39,7 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(self.directory, options=self._options)
 
   def save(self, step: int, state, data_state: dict | None = None, *, force: bool = False):
-    items = {"state": ocp.args.StandardSave(state)}
+    items = {"state": ocp.args.StandardSave(_fields(state))}
     if data_state is not None:
       items["data"] = ocp.args.JsonSave(data_state)
     return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
@@ -55,7 +62,13 @@ class Checkpointer:
     for step in reversed(self.steps()):
       try:
         return step, *self._restore(step, abstract_state, with_data)
-      except Exception as e:  # noqa: BLE001 — any failure to read means "corrupt", by design
+      except Exception as e:  # noqa: BLE001 — any other failure to read means "corrupt", by design
+        if "tree structures do not match" in str(e):
+          raise CheckpointError(
+            f"the checkpoint at step {step} in {self.directory} holds a different state than "
+            f"this config builds ({str(e).splitlines()[0]}); run with the config it was "
+            "written with (config.json in the workdir) or use a new --workdir."
+          ) from e
         tried.append(step)
         logging.warning(
           "checkpoint at step %d cannot be restored (%s: %s); moving it aside and "
@@ -74,11 +87,14 @@ class Checkpointer:
     return None
 
   def _restore(self, step, abstract_state, with_data):
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    items = {"state": ocp.args.StandardRestore(_fields(abstract_state))}
     if with_data and (self.directory / str(step) / "data").exists():
       items["data"] = ocp.args.JsonRestore()
     restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"], restored.get("data") if with_data else None
+    state = restored["state"]
+    if dataclasses.is_dataclass(abstract_state):
+      state = dataclasses.replace(abstract_state, **state)
+    return state, restored.get("data") if with_data else None
 
   def _set_aside(self, step):
     if jax.process_index() == 0:
@@ -93,6 +109,14 @@ class Checkpointer:
     # Orbax caches the step list; a fresh manager sees the directory as it now is.
     self._manager.close()
     self._manager = ocp.CheckpointManager(self.directory, options=self._options)
+
+
+def _fields(tree):
+  """A dataclass as a dict of its fields that are not None; any other tree as it is."""
+  if not dataclasses.is_dataclass(tree):
+    return tree
+  fields = ((f.name, getattr(tree, f.name)) for f in dataclasses.fields(tree))
+  return {name: value for name, value in fields if value is not None}
 
 
 def abstract(tree):

@@ -45,8 +45,13 @@ def default_config() -> ml_collections.ConfigDict:
   f.num_timesteps = 1000
   f.prediction = "epsilon"
   f.min_snr_gamma = 0.0  # >0: Min-SNR-γ loss weighting (Hang et al. 2023); 0: L_simple
-  f.loss = "mse"  # 'mse' (L_simple) or 'hybrid' (+ λ·L_vlb; needs model.learn_sigma)
+  # 'mse' (L_simple), 'hybrid' (+ λ·L_vlb) or 'vlb' (L_vlb alone); the last two need learn_sigma
+  f.loss = "mse"
   f.vlb_weight = 0.001  # λ of L_hybrid (improved DDPM)
+  # 'uniform' t, or 'loss_second_moment': p_t ∝ √E[L_t²] over the last loss_history_size losses
+  # per step (improved DDPM §3.3, for L_vlb); the history is kept in the checkpoints
+  f.timestep_sampler = "uniform"
+  f.loss_history_size = 10
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 2e-4
@@ -75,7 +80,9 @@ def default_config() -> ml_collections.ConfigDict:
   s.num_steps = 50  # DDIM steps; DDPM respaces to this many (ADM), T for the full chain
   s.eta = 0.0
   s.spacing = "leading"  # DDIM timestep spacing: 'leading', 'trailing', 'linspace'
-  s.variance = "fixed_small"  # DDPM: 'fixed_small', 'fixed_large' or 'learned_range'
+  # σ² of DDPM steps and of η-scaled DDIM steps: 'fixed_small' (β̃), 'fixed_large' (β) or
+  # 'learned_range' (the model's interpolation; needs model.learn_sigma)
+  s.variance = "fixed_small"
   s.clip_denoised = True
   s.num_samples = 100
   s.batch_size = 100
@@ -98,7 +105,8 @@ CHOICES = {
   "sample.sampler": ("ddim", "ddpm"),
   "sample.spacing": ("leading", "trailing", "linspace"),
   "sample.variance": ("fixed_small", "fixed_large", "learned_range"),
-  "diffusion.loss": ("mse", "hybrid"),
+  "diffusion.loss": ("mse", "hybrid", "vlb"),
+  "diffusion.timestep_sampler": ("uniform", "loss_second_moment"),
 }
 
 
@@ -127,7 +135,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("model.class_conditional needs data.num_classes.")
   if config.sample.variance == "learned_range" and not config.model.learn_sigma:
     raise ValueError("sample.variance='learned_range' needs model.learn_sigma=True.")
-  if config.diffusion.loss == "hybrid" and not config.model.learn_sigma:
-    raise ValueError("diffusion.loss='hybrid' needs model.learn_sigma=True.")
+  if config.diffusion.loss in ("hybrid", "vlb") and not config.model.learn_sigma:
+    raise ValueError(f"diffusion.loss={config.diffusion.loss!r} needs model.learn_sigma=True.")
+  if config.diffusion.loss_history_size < 1:
+    raise ValueError(
+      f"diffusion.loss_history_size must be at least 1, got {config.diffusion.loss_history_size}."
+    )
   if not 0.0 <= config.sample.eta <= 1.0:
     raise ValueError(f"sample.eta must lie in [0, 1], got {config.sample.eta}.")

@@ -122,16 +122,19 @@ def mse_loss(
   prediction: str = "epsilon",
   weights=None,
   min_snr_gamma: float | None = None,
+  t=None,
 ):
   """L_simple: E_t,ε ‖target − model(x_t, t)‖² averaged over pixels.
 
   `model_fn(x_t, t)` returns the prediction; when it returns twice the channels (a learned
-  variance), the first half is the prediction. `weights` (per example) scale each example's loss;
-  `min_snr_gamma` multiplies in the Min-SNR-γ weights of the sampled timesteps.
-  Returns (scalar loss, per-example losses).
+  variance), the first half is the prediction. `t` (per example) replaces the uniform draw, e.g.
+  by importance sampling; `weights` (per example) scale each example's loss and `min_snr_gamma`
+  multiplies in the Min-SNR-γ weights of the timesteps. Returns (scalar loss, per-example losses
+  before `weights`).
   """
   key_t, key_noise = jax.random.split(key)
-  t = sample_timesteps(key_t, x0.shape[0], schedule=schedule)
+  if t is None:
+    t = sample_timesteps(key_t, x0.shape[0], schedule=schedule)
   noise = jax.random.normal(key_noise, x0.shape, x0.dtype)
   x_t = q_sample(x0, t, noise, schedule=schedule)
   output = model_fn(x_t, t)[..., : x0.shape[-1]]
@@ -143,6 +146,6 @@ def mse_loss(
     per_example = per_example * min_snr_weights(
       t, schedule=schedule, prediction=prediction, gamma=min_snr_gamma
     )
-  if weights is not None:
-    per_example = per_example * weights
-  return jnp.mean(per_example), per_example
+  if weights is None:
+    return jnp.mean(per_example), per_example
+  return jnp.mean(per_example * weights), per_example

@@ -167,35 +167,89 @@ def hybrid_loss(
   prediction: str = "epsilon",
   vlb_weight: float = 0.001,
   min_snr_gamma: float | None = None,
+  t=None,
+  weights=None,
 ):
   """L_hybrid = L_simple + λ·L_vlb (improved DDPM eq. 16, λ = 0.001) for a learned-variance model.
 
   `model_fn(x_t, t)` returns 2C channels: the prediction, then the variance interpolation v.
   L_vlb = Σ_t L_t is estimated by N·L_t at the sampled t (in bits/dim), so λ·L_vlb = λ·N·L_t;
   the mean enters L_vlb through a stop-gradient, so L_vlb trains only the variance and L_simple
-  only the mean (the paper's §3.1). Returns (scalar loss, per-example losses).
+  only the mean (the paper's §3.1). `t` replaces the uniform draw (e.g. importance-sampled) and
+  `weights` scale each example. Returns (scalar loss, per-example losses before `weights`).
   """
+  return _vlb_objective(
+    key,
+    model_fn,
+    x0,
+    schedule=schedule,
+    prediction=prediction,
+    simple_weight=1.0,
+    vlb_weight=vlb_weight,
+    min_snr_gamma=min_snr_gamma,
+    t=t,
+    weights=weights,
+  )
+
+
+def vlb_loss(
+  key,
+  model_fn: Callable,
+  x0,
+  *,
+  schedule: Schedule,
+  prediction: str = "epsilon",
+  t=None,
+  weights=None,
+):
+  """L_vlb alone (improved DDPM §3.3): N·L_t in bits/dim at the sampled t, its gradient reaching
+  both the mean and the variance. Noisy under uniform t; meant for importance-sampled t.
+  Returns (scalar loss, per-example losses before `weights`)."""
+  return _vlb_objective(
+    key,
+    model_fn,
+    x0,
+    schedule=schedule,
+    prediction=prediction,
+    simple_weight=0.0,
+    vlb_weight=1.0,
+    min_snr_gamma=None,
+    t=t,
+    weights=weights,
+  )
+
+
+def _vlb_objective(
+  key, model_fn, x0, *, schedule, prediction, simple_weight, vlb_weight, min_snr_gamma, t, weights
+):
+  """simple_weight·L_simple + vlb_weight·N·L_t; with simple_weight > 0 the mean is frozen in L_t."""
   channels = x0.shape[-1]
   key_t, key_noise = jax.random.split(key)
-  t = diffusion.sample_timesteps(key_t, x0.shape[0], schedule=schedule)
+  if t is None:
+    t = diffusion.sample_timesteps(key_t, x0.shape[0], schedule=schedule)
   noise = jax.random.normal(key_noise, x0.shape, x0.dtype)
   x_t = diffusion.q_sample(x0, t, noise, schedule=schedule)
   out = model_fn(x_t, t).astype(jnp.float32)
   if out.shape[-1] != 2 * channels:
-    raise ValueError("hybrid_loss needs a model with learned variances (learn_sigma=True).")
-  target = diffusion.target(x0, noise, t, schedule=schedule, prediction=prediction)
-  axes = tuple(range(1, x0.ndim))
-  simple = jnp.mean(jnp.square(out[..., :channels] - target.astype(jnp.float32)), axis=axes)
-  if min_snr_gamma is not None:
-    simple = simple * diffusion.min_snr_weights(
-      t, schedule=schedule, prediction=prediction, gamma=min_snr_gamma
-    )
-  frozen = jnp.concatenate([jax.lax.stop_gradient(out[..., :channels]), out[..., channels:]], -1)
+    raise ValueError("L_hybrid and L_vlb need a model with learned variances (learn_sigma=True).")
+  per_example = 0.0
+  if simple_weight:
+    target = diffusion.target(x0, noise, t, schedule=schedule, prediction=prediction)
+    axes = tuple(range(1, x0.ndim))
+    simple = jnp.mean(jnp.square(out[..., :channels] - target.astype(jnp.float32)), axis=axes)
+    if min_snr_gamma is not None:
+      simple = simple * diffusion.min_snr_weights(
+        t, schedule=schedule, prediction=prediction, gamma=min_snr_gamma
+      )
+    per_example = simple_weight * simple
+    out = jnp.concatenate([jax.lax.stop_gradient(out[..., :channels]), out[..., channels:]], -1)
   vlb_bits = vlb_term(
-    frozen, x0, x_t, t, schedule=schedule, prediction=prediction, variance="learned_range"
+    out, x0, x_t, t, schedule=schedule, prediction=prediction, variance="learned_range"
   ) / (math.prod(x0.shape[1:]) * math.log(2.0))
-  per_example = simple + vlb_weight * schedule.num_timesteps * vlb_bits
-  return jnp.mean(per_example), per_example
+  per_example = per_example + vlb_weight * schedule.num_timesteps * vlb_bits
+  if weights is None:
+    return jnp.mean(per_example), per_example
+  return jnp.mean(per_example * weights), per_example
 
 
 def bits_per_dim_estimate(

@@ -70,6 +70,7 @@ def make_sample_fn(
         x_T,
         num_steps=s.num_steps,
         eta=s.eta,
+        variance=s.variance,
         spacing=s.spacing,
         prediction=config.diffusion.prediction,
         clip_denoised=s.clip_denoised,

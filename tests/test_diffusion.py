@@ -90,7 +90,7 @@ def test_mse_loss_of_oracle_and_zero_models():
   loss_w, per_w = diffusion.mse_loss(
     jax.random.key(4), zero, x0, schedule=SCHEDULE, prediction="x0", weights=weights
   )
-  np.testing.assert_allclose(per_w, per_example * weights, rtol=1e-6)
+  np.testing.assert_allclose(per_w, per_example, rtol=1e-6)  # reported before weighting
   np.testing.assert_allclose(loss_w, jnp.mean(per_example * weights), rtol=1e-6)
 
 

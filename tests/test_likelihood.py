@@ -166,3 +166,79 @@ def test_ddpm_learned_range_at_the_ends_is_the_fixed_variance(v, fixed):
   b = samplers.ddpm(eps_model, SCHEDULE, x_T, noise=noise, variance=fixed)
   # exp(log σ²) of a clipped-at-1e-20 variance against σ² itself: float32 rounding per step
   np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("v, fixed", [(-1.0, "fixed_small"), (1.0, "fixed_large")])
+def test_ddim_learned_range_at_the_ends_is_the_fixed_variance(v, fixed):
+  from jaxdiff import samplers
+
+  full = schedules.make("linear", 1000)
+  eps_model = lambda x, t: 0.1 * x + 0.05 * jnp.sin(t / 100.0)[:, None, None, None]
+  learned = lambda x, t: jnp.concatenate([eps_model(x, t), jnp.full_like(x, v)], -1)
+  x_T = jax.random.normal(jax.random.key(6), (2, 4, 4, 1))
+  noise = jax.random.normal(jax.random.key(7), (10,) + x_T.shape)
+  kwargs = dict(num_steps=10, eta=0.7, noise=noise)
+  a = samplers.ddim(learned, full, x_T, variance="learned_range", **kwargs)
+  b = samplers.ddim(eps_model, full, x_T, variance=fixed, **kwargs)
+  # exp(log σ²) against σ² itself: float32 rounding per step, over 10 steps
+  np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_ddim_fixed_large_step_closed_form():
+  """One η-scaled DDIM step with σ² = η²·β' = η²(1 − ᾱ_t/ᾱ_prev), β' the step's β, by hand."""
+  from jaxdiff import samplers
+
+  full = schedules.make("linear", 1000)
+  x_T = jnp.full((1, 1, 1, 1), 0.8)
+  z = jnp.full((4, 1, 1, 1, 1), -0.4)
+  trajectory = samplers.ddim(
+    lambda x, t: 0.1 * x,
+    full,
+    x_T,
+    num_steps=4,
+    eta=0.5,
+    variance="fixed_large",
+    noise=z,
+    clip_denoised=False,
+    return_trajectory=True,
+  )
+  a_t, a_prev = full.alphas_cumprod[750], full.alphas_cumprod[500]  # 'leading': 750 → 500
+  eps = 0.08
+  x0 = (0.8 - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t)
+  var = 0.25 * (1 - a_t / a_prev)
+  expected = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev - var) * eps + np.sqrt(var) * -0.4
+  # float32 against float64 over a handful of operations
+  np.testing.assert_allclose(trajectory[0, 0, 0, 0, 0], expected, rtol=1e-5)
+
+
+def test_vlb_loss_trains_mean_and_variance_and_is_n_times_l_t():
+  x0 = jnp.linspace(-1, 1, 32).reshape(2, 4, 4, 1)
+  key = jax.random.key(8)
+
+  def model(params):
+    return lambda x_t, t: jnp.concatenate([params["a"] * x_t, params["b"] * jnp.ones_like(x_t)], -1)
+
+  params = {"a": jnp.array(0.3), "b": jnp.array(0.2)}
+  t = jnp.array([5, 30])
+  loss = lambda p: likelihood.vlb_loss(key, model(p), x0, schedule=SCHEDULE, t=t)[0]
+  grads = jax.grad(loss)(params)
+  assert float(grads["a"]) != 0.0 and float(grads["b"]) != 0.0  # no stop-gradient on the mean
+  noise = jax.random.normal(jax.random.split(key)[1], x0.shape)
+  x_t = diffusion.q_sample(x0, t, noise, schedule=SCHEDULE)
+  terms = likelihood.vlb_term(
+    model(params)(x_t, t),
+    x0,
+    x_t,
+    t,
+    schedule=SCHEDULE,
+    prediction="epsilon",
+    variance="learned_range",
+  )
+  expected = 50 * terms / (16 * math.log(2))
+  weights = jnp.array([0.5, 2.0])
+  got, per_example = likelihood.vlb_loss(
+    key, model(params), x0, schedule=SCHEDULE, t=t, weights=weights
+  )
+  # the same float32 computation twice
+  np.testing.assert_allclose(per_example, expected, rtol=1e-6)
+  np.testing.assert_allclose(got, jnp.mean(expected * weights), rtol=1e-6)

@@ -152,6 +152,23 @@ def test_checkpoint_round_trip(tmp_path):
   assert jax.tree.structure(restored) == jax.tree.structure(state)
 
 
+def test_a_checkpoint_of_another_state_is_refused_and_left_in_place(tmp_path):
+  from jaxdiff import importance
+  from jaxdiff.checkpoint import CheckpointError
+
+  config = tiny_config(tmp_path)
+  _, state = state_lib.create(config, state_lib.make_optimizer(config))
+  with_history = state.replace(loss_history=importance.init_history(1000, 10))
+  ckpt = Checkpointer(tmp_path / "ckpt")
+  ckpt.save(3, with_history)
+  ckpt.wait()
+  _, restored, _ = ckpt.restore_latest(abstract(with_history))
+  jax.tree.map(np.testing.assert_array_equal, restored, with_history)
+  with pytest.raises(CheckpointError, match="holds a different state than this config builds"):
+    ckpt.restore_latest(abstract(state))
+  assert ckpt.steps() == [3] and not (tmp_path / "checkpoints_corrupt").exists()
+
+
 def read_params(workdir, step):
   with ocp.StandardCheckpointer() as reader:
     return reader.restore(pathlib.Path(workdir) / "checkpoints" / str(step) / "state")
@@ -316,3 +333,27 @@ def test_hybrid_loss_training_and_eval_mode(tmp_path, data_dir):
   )
   last = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
   assert last["eval_bpd"] == result["eval_bpd"] and last["step"] == 2
+
+
+def test_importance_sampled_vlb_keeps_its_loss_history_across_a_resume(tmp_path, data_dir):
+  overrides = {
+    "model.learn_sigma": True,
+    "diffusion.loss": "vlb",
+    "diffusion.timestep_sampler": "loss_second_moment",
+    # 20 steps × history 2: 16 examples per step fill every history within the 8 steps
+    "diffusion.num_timesteps": 20,
+    "diffusion.loss_history_size": 2,
+    "sample.variance": "learned_range",
+  }
+  straight = tmp_path / "straight"
+  loop.train(tiny_config(data_dir, **overrides), straight)
+  resumed = tmp_path / "resumed"
+  loop.train(tiny_config(data_dir, **{**overrides, "train.num_steps": 4}), resumed)
+  loop.train(tiny_config(data_dir, **overrides), resumed)
+  a, b = read_params(straight, 8), read_params(resumed, 8)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  counts = np.asarray(a["loss_history"]["counts"])
+  assert counts.shape == (20,) and np.all(counts == 2)  # warmed up: t was importance-sampled
+  assert np.all(np.isfinite(a["loss_history"]["values"])) and np.all(
+    a["loss_history"]["values"] > 0
+  )

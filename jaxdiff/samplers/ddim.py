@@ -12,6 +12,7 @@ from jaxdiff.samplers.loop import call_model, run_steps
 from jaxdiff.schedules import Schedule
 
 SPACINGS = ("leading", "trailing", "linspace")
+VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 
 
 def ddim_timesteps(
@@ -42,6 +43,7 @@ def ddim(
   *,
   num_steps: int = 50,
   eta: float = 0.0,
+  variance: str = "fixed_small",
   spacing: str = "leading",
   steps_offset: int = 0,
   set_alpha_to_one: bool = True,
@@ -59,7 +61,16 @@ def ddim(
   (so 'linspace' lands between its own grid points), and the last step goes to ᾱ = 1 when
   `set_alpha_to_one`, else to ᾱ_0. With `use_clipped_model_output`, ε is recomputed from the
   clipped x_0 (ADM's DDIM). `schedule` must be un-respaced: DDIM chooses its own sub-sequence.
+
+  `variance` sets the σ_t² that η scales, with β'_t = 1 − ᾱ_t/ᾱ_prev the step's β: 'fixed_small'
+  is the step's posterior variance β̃'_t (the DDIM paper's and diffusers'), 'fixed_large' is β'_t,
+  and 'learned_range' the model's interpolation v ∈ [−1, 1] between the two in log space (its
+  channels C…2C, as in DDPM sampling) — jaxdiff's use of learned variances in DDIM; ADM's DDIM
+  drops them. The direction term's variance 1 − ᾱ_prev − σ² is floored at 0 (σ² > 1 − ᾱ_prev can
+  only happen for 'fixed_large'/'learned_range' with η near 1). At η = 0 all three are DDIM.
   """
+  if variance not in VARIANCES:
+    raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}.")
   if schedule.num_timesteps != schedule.num_train_timesteps:
     raise ValueError("ddim takes the full training schedule; it picks its own timesteps.")
   if not 0.0 <= eta <= 1.0:
@@ -77,16 +88,32 @@ def ddim(
   }
 
   def step(x, s, z):
-    out = call_model(model_fn, x, s["t"])[..., : x.shape[-1]]
+    channels = x.shape[-1]
+    output = call_model(model_fn, x, s["t"])
+    out = output[..., :channels]
     a_t, a_prev = s["a_t"], s["a_prev"]
     x0, eps = x0_and_eps_at(out, x, a_t, prediction=prediction)
     if clip_denoised:
       x0 = jnp.clip(x0, -clip_range, clip_range)
       if use_clipped_model_output:
         eps = (x - jnp.sqrt(a_t) * x0) / jnp.sqrt(1 - a_t)
-    variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
-    std = eta * jnp.sqrt(variance)
-    x_prev = jnp.sqrt(a_prev) * x0 + jnp.sqrt(1 - a_prev - std**2) * eps
+    beta = 1 - a_t / a_prev
+    small = (1 - a_prev) / (1 - a_t) * beta
+    if variance == "fixed_small":
+      var = small
+    elif variance == "fixed_large":
+      var = beta
+    else:
+      if output.shape[-1] != 2 * channels:
+        raise ValueError("variance='learned_range' needs a model with learned variances.")
+      frac = (output[..., channels:] + 1) / 2
+      log_small = jnp.log(jnp.maximum(small, 1e-20))
+      var = jnp.exp(frac * jnp.log(beta) + (1 - frac) * log_small)
+    std = eta * jnp.sqrt(var)
+    direction = 1 - a_prev - std**2
+    if variance != "fixed_small":
+      direction = jnp.maximum(direction, 0.0)
+    x_prev = jnp.sqrt(a_prev) * x0 + jnp.sqrt(direction) * eps
     if eta > 0:
       x_prev = x_prev + std * z
     return x_prev.astype(x.dtype)

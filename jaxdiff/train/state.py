@@ -12,6 +12,7 @@ import ml_collections
 import optax
 from flax import nnx
 
+from jaxdiff import importance
 from jaxdiff.models import UNet
 
 
@@ -22,6 +23,9 @@ class TrainState:
   ema_params: nnx.State
   opt_state: optax.OptState
   rng: jax.Array  # raw key data of the training stream; each step folds in `step`
+  # importance sampling of t (diffusion.timestep_sampler); None, and absent from checkpoints,
+  # under uniform sampling
+  loss_history: importance.LossHistory | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,5 +106,10 @@ def create(config: ml_collections.ConfigDict, tx: optax.GradientTransformation):
     ema_params=jax.tree.map(jnp.copy, params),
     opt_state=tx.init(params),
     rng=jax.random.key_data(train_key),
+    loss_history=importance.init_history(
+      config.diffusion.num_timesteps, config.diffusion.loss_history_size
+    )
+    if config.diffusion.timestep_sampler == "loss_second_moment"
+    else None,
   )
   return ModelDef(graphdef, rest), state

@@ -10,7 +10,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from jaxdiff import diffusion, likelihood, parallel
+from jaxdiff import diffusion, importance, likelihood, parallel
 from jaxdiff.schedules import Schedule
 from jaxdiff.train.state import ModelDef, TrainState, lr_schedule
 
@@ -42,25 +42,33 @@ def train_step(
     drop = jax.random.bernoulli(label_key, config.model.class_dropout, labels.shape)
     labels = jnp.where(drop, config.data.num_classes, labels)
 
+  loss_kwargs = {
+    "schedule": schedule,
+    "prediction": config.diffusion.prediction,
+    "min_snr_gamma": config.diffusion.min_snr_gamma or None,
+  }
+  if config.diffusion.loss == "hybrid":
+    objective = functools.partial(likelihood.hybrid_loss, vlb_weight=config.diffusion.vlb_weight)
+  elif config.diffusion.loss == "vlb":
+    objective = likelihood.vlb_loss
+    del loss_kwargs["min_snr_gamma"]
+  else:
+    objective = diffusion.mse_loss
+  if state.loss_history is not None:
+    t_key, loss_key = jax.random.split(loss_key)
+    t, weights = importance.sample(t_key, state.loss_history, batch["image"].shape[0])
+    loss_kwargs.update(t=t, weights=weights)
+
   def loss_fn(params):
     model = model_def.bind(params)
     nnx.reseed(model, dropout=dropout_key)
     model_fn = lambda x, t: model(x, t, labels)
-    hybrid = config.diffusion.loss == "hybrid"
-    objective = likelihood.hybrid_loss if hybrid else diffusion.mse_loss
-    extra = {"vlb_weight": config.diffusion.vlb_weight} if hybrid else {}
-    loss, _ = objective(
-      loss_key,
-      model_fn,
-      batch["image"],
-      schedule=schedule,
-      prediction=config.diffusion.prediction,
-      min_snr_gamma=config.diffusion.min_snr_gamma or None,
-      **extra,
-    )
-    return loss
+    return objective(loss_key, model_fn, batch["image"], **loss_kwargs)
 
-  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  (loss, per_example), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  loss_history = state.loss_history
+  if loss_history is not None:
+    loss_history = importance.update(loss_history, loss_kwargs["t"], per_example)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   decay = ema_decay(config, state.step)
@@ -71,7 +79,11 @@ def train_step(
     "lr": lr_schedule(config)(state.step),
   }
   return state.replace(
-    step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state
+    step=state.step + 1,
+    params=params,
+    ema_params=ema,
+    opt_state=opt_state,
+    loss_history=loss_history,
   ), metrics
 
 
