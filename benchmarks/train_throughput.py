@@ -37,10 +37,10 @@ def main(argv):
   del argv
   config = FLAGS.config
   d, k = config.data, config.train.steps_per_call
-  mesh = parallel.make_mesh(config.train.num_devices)
+  mesh = parallel.make_mesh(config.train.num_devices, fsdp=config.train.fsdp)
   tx = state_lib.make_optimizer(config)
   model_def, state = state_lib.create(config, tx)
-  state = jax.device_put(state, parallel.replicated(mesh))
+  state = jax.device_put(state, parallel.state_shardings(mesh, state))
   fn = make_train_fn(
     mesh,
     state,
@@ -57,7 +57,7 @@ def main(argv):
     ),
     "label": rng.integers(0, d.num_classes or 1, (k, d.batch_size)).astype(np.int32),
   }
-  stacked = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, parallel.DATA))
+  stacked = parallel.stacked_batch_sharded(mesh)
   batch = data.make_global_batch(host, stacked)
   start = time.perf_counter()
   state, metrics = fn(state, batch)

@@ -39,6 +39,9 @@ def default_config() -> ml_collections.ConfigDict:
   m.use_scale_shift_norm = False
   m.resample_with_conv = True
   m.patch_size = 1  # >1 folds p×p pixel patches into channels (p² less compute)
+  # activation rematerialization per res/attention block: '' off, 'full' (keep only block
+  # inputs), 'dots' (keep conv/matmul outputs, recompute norms and activations)
+  m.remat = ""
 
   c.diffusion = f = ml_collections.ConfigDict()
   f.schedule = "linear"
@@ -74,6 +77,9 @@ def default_config() -> ml_collections.ConfigDict:
   t.ema_warmup = True
   t.compute_dtype = "float32"  # or 'bfloat16' (parameters stay float32)
   t.num_devices = ml_collections.config_dict.placeholder(int)  # None: all visible devices
+  # devices along the mesh's `fsdp` axis: parameters, EMA and optimizer state are split over them
+  # (jaxdiff/parallel.py); 1 replicates them (plain data parallelism)
+  t.fsdp = 1
 
   c.sample = s = ml_collections.ConfigDict()
   s.sampler = "ddim"  # 'ddim' or 'ddpm'
@@ -106,6 +112,7 @@ CHOICES = {
   "sample.spacing": ("leading", "trailing", "linspace"),
   "sample.variance": ("fixed_small", "fixed_large", "learned_range"),
   "diffusion.loss": ("mse", "hybrid", "vlb"),
+  "model.remat": ("", "full", "dots"),
   "diffusion.timestep_sampler": ("uniform", "loss_second_moment"),
 }
 
@@ -121,6 +128,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "data.batch_size",
     "train.num_steps",
     "train.steps_per_call",
+    "train.fsdp",
     "train.log_every",
     "train.checkpoint_every",
     "sample.num_steps",

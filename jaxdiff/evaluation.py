@@ -55,7 +55,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     return total
 
   rep, batch = parallel.replicated(run.mesh), parallel.batch_sharded(run.mesh)
-  fn = jax.jit(batch_bpd, in_shardings=(rep, batch, batch, rep), out_shardings=batch)
+  fn = jax.jit(batch_bpd, in_shardings=(None, batch, batch, rep), out_shardings=batch)
   dataset = make_dataset(
     config,
     d.eval_split,

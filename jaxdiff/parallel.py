@@ -1,6 +1,13 @@
 """Device mesh and shardings. One code path for 1 CPU, N local devices and multi-host pods.
 
-The mesh has a single `data` axis today: the batch is split along it, parameters are replicated.
+The mesh has two axes, `data` × `fsdp`. The batch is split over both. Parameters, their EMA and
+the optimizer state are split along `fsdp` (fully sharded data parallelism, ZeRO-3 style): each
+array's dimensions get logical names from what the array is (a convolution kernel, a dense
+kernel, an embedding table, a vector), and `LOGICAL_AXIS_RULES` maps logical names to mesh axes.
+XLA's SPMD partitioner then gathers each layer's weights where they are used and reduce-scatters
+their gradients, so a model larger than one device's memory trains. With fsdp = 1 (the default)
+everything is replicated and this is plain data parallelism.
+
 Axes are Auto so XLA's sharding propagation places intermediates (JAX ≥ 0.10's `jax.make_mesh`
 defaults to Explicit axes, which would require annotating every op).
 """
@@ -12,16 +19,33 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA = "data"
+FSDP = "fsdp"
+BATCH = (DATA, FSDP)  # the batch dimension is split over every device
+
+# logical axis → mesh axis, first match wins per array: the output channels of every layer are
+# split over `fsdp`; where they do not divide evenly, the input channels are tried instead.
+LOGICAL_AXIS_RULES = (
+  ("channels_out", FSDP),
+  ("channels_in", FSDP),
+  ("vocab", None),
+  ("kernel_height", None),
+  ("kernel_width", None),
+)
+# arrays smaller than this stay replicated: splitting a bias costs more in collectives than it saves
+MIN_SHARDED_SIZE = 4096
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D `data` mesh over the first `num_devices` devices (all of them by default)."""
+def make_mesh(num_devices: int | None = None, *, fsdp: int = 1) -> Mesh:
+  """A `data` × `fsdp` mesh over the first `num_devices` devices (all of them by default)."""
   devices = jax.devices()
   if num_devices is not None:
     if not 1 <= num_devices <= len(devices):
       raise ValueError(f"asked for {num_devices} devices but {len(devices)} are visible.")
     devices = devices[:num_devices]
-  return Mesh(np.asarray(devices), (DATA,), axis_types=(AxisType.Auto,))
+  if fsdp < 1 or len(devices) % fsdp:
+    raise ValueError(f"fsdp={fsdp} must divide the number of devices ({len(devices)}).")
+  grid = np.asarray(devices).reshape(len(devices) // fsdp, fsdp)
+  return Mesh(grid, (DATA, FSDP), axis_types=(AxisType.Auto, AxisType.Auto))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -29,8 +53,52 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis split over `data`."""
-  return NamedSharding(mesh, P(DATA))
+  """Leading (batch) axis split over all devices."""
+  return NamedSharding(mesh, P(BATCH))
+
+
+def stacked_batch_sharded(mesh: Mesh) -> NamedSharding:
+  """(steps, batch, …) arrays: steps whole, the batch split over all devices."""
+  return NamedSharding(mesh, P(None, BATCH))
+
+
+def logical_axes(path, shape) -> tuple[str | None, ...]:
+  """Logical names of an array's dimensions, from its name in the state tree and its rank."""
+  names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+  if "loss_history" in names:  # indexed by sampled timesteps every step: kept whole
+    return (None,) * len(shape)
+  if "embedding" in names and len(shape) == 2:
+    return ("vocab", "channels_out")
+  if len(shape) == 4:  # HWIO convolution kernel
+    return ("kernel_height", "kernel_width", "channels_in", "channels_out")
+  if len(shape) == 2:
+    return ("channels_in", "channels_out")
+  if len(shape) == 1:
+    return ("channels_out",)
+  return (None,) * len(shape)
+
+
+def spec_for(path, shape, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> P:
+  """The PartitionSpec of one array under `rules`: one dimension split over one mesh axis."""
+  if int(np.prod(shape, dtype=np.int64)) < MIN_SHARDED_SIZE:
+    return P()
+  axes = logical_axes(path, shape)
+  for logical, mesh_axis in rules:
+    if mesh_axis is None or mesh.shape[mesh_axis] == 1:
+      continue
+    for dim, name in enumerate(axes):
+      if name == logical and shape[dim] % mesh.shape[mesh_axis] == 0:
+        spec = [None] * len(shape)
+        spec[dim] = mesh_axis
+        return P(*spec)
+  return P()
+
+
+def state_shardings(mesh: Mesh, tree, rules=LOGICAL_AXIS_RULES):
+  """NamedShardings for every array of a train state (params, EMA, optimizer state, …)."""
+  return jax.tree_util.tree_map_with_path(
+    lambda path, x: NamedSharding(mesh, spec_for(path, np.shape(x), mesh, rules)), tree
+  )
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:

@@ -89,7 +89,8 @@ def make_sample_fn(
     raise ValueError(f"sample.sampler must be 'ddim' or 'ddpm', got {s.sampler!r}.")
 
   rep, batch = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-  return jax.jit(sample, in_shardings=(rep, rep, batch), out_shardings=batch)
+  # None: the parameters stay as the train state holds them (replicated, or split over fsdp)
+  return jax.jit(sample, in_shardings=(None, rep, batch), out_shardings=batch)
 
 
 def to_uint8(images) -> np.ndarray:

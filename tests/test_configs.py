@@ -69,7 +69,7 @@ def test_config_trains_two_steps_on_mock_data(name, tmp_path):
     config=config,
     schedule=schedules.make(config.diffusion.schedule, config.diffusion.num_timesteps),
   )
-  stacked = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, parallel.DATA))
+  stacked = parallel.stacked_batch_sharded(mesh)
   for batch in batches:
     host = {k: v[None] for k, v in batch.items() if k == "image" or config.model.class_conditional}
     state, metrics = fn(state, data.make_global_batch(host, stacked))

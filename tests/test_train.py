@@ -104,11 +104,11 @@ def synthetic_batches(config, num_steps):
   ]
 
 
-def losses_on(num_devices, config, batches):
-  mesh = parallel.make_mesh(num_devices)
+def losses_on(num_devices, config, batches, fsdp=1):
+  mesh = parallel.make_mesh(num_devices, fsdp=fsdp)
   tx = state_lib.make_optimizer(config)
   model_def, state = state_lib.create(config, tx)
-  state = jax.device_put(state, parallel.replicated(mesh))
+  state = jax.device_put(state, parallel.state_shardings(mesh, state))
   fn = make_train_fn(
     mesh,
     state,
@@ -118,7 +118,7 @@ def losses_on(num_devices, config, batches):
     config=config,
     schedule=schedules.make("linear", 1000),
   )
-  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, parallel.DATA))
+  sharding = parallel.stacked_batch_sharded(mesh)
   losses = []
   for batch in batches:
     state, metrics = fn(state, data.make_global_batch(batch, sharding))
@@ -136,6 +136,39 @@ def test_one_and_eight_devices_give_the_same_losses(tmp_path):
   assert one[-1] < one[0]  # it is learning, not returning a constant
   leaf = jax.tree.leaves(state.params)[0]
   assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 8
+
+
+def device_bytes(tree):
+  """Bytes each device holds of a tree of arrays."""
+  held = {}
+  for leaf in jax.tree.leaves(tree):
+    for shard in leaf.addressable_shards:
+      held[shard.device] = held.get(shard.device, 0) + shard.data.nbytes
+  return held
+
+
+def test_fsdp_splits_the_state_eight_ways_and_trains_like_the_replicated_run(tmp_path):
+  config = tiny_config(tmp_path, **{"model.channel_mult": (1, 2), "model.dropout": 0.1})
+  batches = synthetic_batches(config, 4)
+  replicated, state_1 = losses_on(8, config, batches)
+  sharded, state_8 = losses_on(8, config, batches, fsdp=8)
+  # Same global batch and keys; XLA gathers the weights and reduce-scatters the gradients, which
+  # changes the order of float32 reductions only.
+  np.testing.assert_allclose(sharded, replicated, rtol=1e-5)
+  flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
+  a, b = flat(state_8.params), flat(state_1.params)
+  # Adam divides by √v: where a gradient is ~0, reduction-order noise moves single weights by up
+  # to lr; over all weights the difference stays at float32 rounding
+  assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-5
+  total = sum(x.nbytes for x in jax.tree.leaves(state_8.params))
+  for part in ("params", "ema_params", "opt_state"):
+    held = device_bytes(getattr(state_8, part))
+    assert len(held) == 8
+    # only arrays below parallel.MIN_SHARDED_SIZE (biases, norms) stay whole on every device
+    assert max(held.values()) < 0.2 * sum(x.nbytes for x in jax.tree.leaves(getattr(state_8, part)))
+  assert max(device_bytes(state_1.params).values()) == total  # the replicated run: all of it
+  kernel = state_8.params["down_blocks"][0]["resnets"][0]["conv1"]["kernel"][...]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, None, None, "fsdp")
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -54,6 +54,27 @@ def conv3x3(cin: int, cout: int, *, dtype, rngs: nnx.Rngs, zero: bool = False) -
   return nnx.Conv(cin, cout, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs, **init)
 
 
+# Activation rematerialization per block (`remat=`): the backward pass recomputes what the
+# policy did not save instead of keeping it from the forward pass, trading compute for memory.
+REMAT_POLICIES = {
+  "": None,  # keep every activation
+  "full": jax.checkpoint_policies.nothing_saveable,  # keep only the block's inputs
+  "dots": jax.checkpoint_policies.dots_saveable,  # keep conv/matmul outputs; redo norms, SiLU
+}
+
+
+def check_remat(policy: str) -> None:
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"unknown remat policy {policy!r}; choose one of {list(REMAT_POLICIES)}.")
+
+
+def _call(module, forward, *args):
+  """forward(module, *args), under jax.checkpoint with the module's remat policy if it has one."""
+  if not module.remat:
+    return forward(module, *args)
+  return nnx.remat(forward, policy=REMAT_POLICIES[module.remat])(module, *args)
+
+
 class ResBlock(nnx.Module):
   """GroupNorm-SiLU-conv, add (or scale-shift by) the time embedding, GroupNorm-SiLU-dropout-conv, skip.
 
@@ -74,7 +95,10 @@ class ResBlock(nnx.Module):
     zero_init: bool,
     dtype,
     rngs: nnx.Rngs,
+    remat: str = "",
   ):
+    check_remat(remat)
+    self.remat = remat
     self.use_scale_shift_norm = use_scale_shift_norm
     self.norm1 = group_norm(in_channels, groups=groups, eps=eps, dtype=dtype, rngs=rngs)
     self.conv1 = conv3x3(in_channels, out_channels, dtype=dtype, rngs=rngs)
@@ -91,6 +115,9 @@ class ResBlock(nnx.Module):
     )
 
   def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
+    return _call(self, ResBlock._forward, x, emb)
+
+  def _forward(self, x: jax.Array, emb: jax.Array) -> jax.Array:
     h = self.conv1(nnx.silu(self.norm1(x)))
     emb = self.time_emb_proj(nnx.silu(emb))[:, None, None, :]
     if self.use_scale_shift_norm:
@@ -117,7 +144,10 @@ class Attention(nnx.Module):
     zero_init: bool,
     dtype,
     rngs: nnx.Rngs,
+    remat: str = "",
   ):
+    check_remat(remat)
+    self.remat = remat
     self.num_heads = num_heads
     self.group_norm = group_norm(channels, groups=groups, eps=eps, dtype=dtype, rngs=rngs)
     self.to_q = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs)
@@ -127,6 +157,9 @@ class Attention(nnx.Module):
     self.to_out = nnx.Linear(channels, channels, dtype=dtype, rngs=rngs, **init)
 
   def __call__(self, x: jax.Array) -> jax.Array:
+    return _call(self, Attention._forward, x)
+
+  def _forward(self, x: jax.Array) -> jax.Array:
     b, h, w, c = x.shape
     tokens = self.group_norm(x).reshape(b, h * w, c)
 

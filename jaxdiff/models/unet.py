@@ -121,7 +121,9 @@ class UNet(nnx.Module):
   ADM do), so the untrained network outputs exactly zero. `patch_size` p > 1 folds each p×p patch
   into channels before `conv_in` and unfolds the output after `conv_out` (space-to-depth, as
   U-ViT / Simple Diffusion patchify), so the network runs at image_size/p for p²× less compute;
-  `attention_resolutions` then refer to the patched feature maps.
+  `attention_resolutions` then refer to the patched feature maps. `remat` ('full' or 'dots',
+  see layers.REMAT_POLICIES) recomputes each res/attention block's activations in the backward
+  pass instead of storing them: the same outputs and gradients in less memory.
   """
 
   def __init__(
@@ -148,6 +150,7 @@ class UNet(nnx.Module):
     norm_groups: int = 32,
     zero_init: bool = True,
     patch_size: int = 1,
+    remat: str = "",
     dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
@@ -188,6 +191,7 @@ class UNet(nnx.Module):
         zero_init=zero_init,
         dtype=dtype,
         rngs=rngs,
+        remat=remat,
       )
 
     def make_attn(width: int) -> Attention:
@@ -206,6 +210,7 @@ class UNet(nnx.Module):
         zero_init=zero_init,
         dtype=dtype,
         rngs=rngs,
+        remat=remat,
       )
 
     self.time_embedding = TimestepMLP(base_channels, emb_channels, dtype=dtype, rngs=rngs)

@@ -84,7 +84,7 @@ def train(config: ml_collections.ConfigDict, workdir) -> state_lib.TrainState:
       run.mesh, state, steps_per_call=t.steps_per_call, **kwargs
     )
   grids = _GridWriter(run) if t.sample_every else None
-  stacked = jax.sharding.NamedSharding(run.mesh, jax.sharding.PartitionSpec(None, parallel.DATA))
+  stacked = parallel.stacked_batch_sharded(run.mesh)
   metrics_out = _Metrics(run.workdir)
   metrics_out.write(step, {"params": sum(x.size for x in jax.tree.leaves(state.params))})
   preemption = _Preemption()

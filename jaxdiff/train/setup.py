@@ -81,11 +81,11 @@ def setup(config: ml_collections.ConfigDict, workdir) -> Run:
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   _check_workdir_config(workdir, config)
-  mesh = parallel.make_mesh(config.train.num_devices)
+  mesh = parallel.make_mesh(config.train.num_devices, fsdp=config.train.fsdp)
   schedule = schedules.make(config.diffusion.schedule, config.diffusion.num_timesteps)
   tx = state_lib.make_optimizer(config)
   model_def, state = state_lib.create(config, tx)
-  state = jax.device_put(state, parallel.replicated(mesh))
+  state = jax.device_put(state, parallel.state_shardings(mesh, state))
   checkpointer = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
   return Run(config, workdir, mesh, schedule, tx, model_def, state, checkpointer)
 

@@ -66,6 +66,7 @@ def unet_kwargs(config: ml_collections.ConfigDict) -> dict:
     use_scale_shift_norm=m.use_scale_shift_norm,
     resample_with_conv=m.resample_with_conv,
     patch_size=m.patch_size,
+    remat=m.remat,
     dtype=COMPUTE_DTYPES[config.train.compute_dtype],
   )
 

@@ -104,12 +104,10 @@ def make_train_fn(mesh, state: TrainState, *, steps_per_call: int, **step_kwargs
       history.append(metrics)
     return state, jax.tree.map(lambda *m: jnp.stack(m), *history)
 
-  replicated = parallel.replicated(mesh)
-  stacked_batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, parallel.DATA))
-  state_sharding = jax.tree.map(lambda _: replicated, state)
+  state_sharding = parallel.state_shardings(mesh, state)
   return jax.jit(
     run,
-    in_shardings=(state_sharding, stacked_batch),
-    out_shardings=(state_sharding, replicated),
+    in_shardings=(state_sharding, parallel.stacked_batch_sharded(mesh)),
+    out_shardings=(state_sharding, parallel.replicated(mesh)),
     donate_argnums=0,
   )
