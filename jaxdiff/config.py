@@ -100,6 +100,15 @@ def default_config() -> ml_collections.ConfigDict:
   e.num_timesteps = 0  # --mode=eval: 0 = the full bound over all steps, K = an unbiased
   e.batch_size = 64  # estimate from K random steps per example
   e.num_examples = 0  # 0 = the whole data.eval_split
+  e.bits_per_dim = True  # the bound above; False skips it
+  # sample quality of this many EMA samples (drawn with the sample.* settings); 0 skips it
+  e.num_samples = 0
+  # FID/IS/precision-recall need the FID Inception as safetensors (README: Sample quality);
+  # without it only the digits dataset is scored, by a small digits classifier
+  e.inception_weights = ""
+  # a guided-diffusion reference batch npz (arr_0) to compare with; '' = the training split,
+  # whose statistics are cached in <workdir>/reference_stats/
+  e.reference_batch = ""
   return c
 
 

@@ -355,6 +355,7 @@ def test_hybrid_loss_training_and_eval_mode(tmp_path, data_dir):
       "train.num_steps": 2,
       "eval.num_timesteps": 3,
       "eval.batch_size": 16,
+      "eval.num_samples": 12,
     },
   )
   workdir = tmp_path / "run"
@@ -364,6 +365,9 @@ def test_hybrid_loss_training_and_eval_mode(tmp_path, data_dir):
   assert (
     result["eval_timesteps"] == 3 and np.isfinite(result["eval_bpd"]) and result["eval_bpd"] > 0
   )
+  # 12 samples of 2 training steps: far from the digits, and the note says this is not FID
+  assert result["eval_samples"] == 12 and result["digits_classifier_fd"] > 1.0
+  assert "not FID" in result["digits_classifier_fd_note"]
   last = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
   assert last["eval_bpd"] == result["eval_bpd"] and last["step"] == 2
 
