@@ -34,6 +34,15 @@ flags.DEFINE_enum(
   ["train", "sample", "eval"],
   "train (resumes from the newest checkpoint), sample or eval (bits/dim; both from EMA params).",
 )
+flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "Multi-process runs outside TPU pods (GPU clusters, several CPU processes): host:port of "
+  "process 0, given to every process with --num_processes and --process_id. TPU pods, SLURM and "
+  "Open MPI jobs are detected without it.",
+)
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).")
 FLAGS = flags.FLAGS
 
 
@@ -41,7 +50,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   # Imported here so that --help and flag errors answer without loading JAX and Orbax.
-  from jaxdiff import evaluation, sampling
+  from jaxdiff import evaluation, parallel, sampling
   from jaxdiff.checkpoint import CheckpointError
   from jaxdiff.data import DatasetNotPreparedError
   from jaxdiff.train import loop
@@ -52,6 +61,9 @@ def main(argv):
   config = FLAGS.config
   user_errors = (TrainingError, CheckpointError, DatasetNotPreparedError, ValueError)
   try:
+    parallel.initialize_distributed(
+      FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+    )
     if FLAGS.mode == "train":
       loop.train(config, FLAGS.workdir)
     elif FLAGS.mode == "sample":

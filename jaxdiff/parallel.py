@@ -14,6 +14,8 @@ defaults to Explicit axes, which would require annotating every op).
 
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
@@ -33,6 +35,39 @@ LOGICAL_AXIS_RULES = (
 )
 # arrays smaller than this stay replicated: splitting a bias costs more in collectives than it saves
 MIN_SHARDED_SIZE = 4096
+
+
+# environment variables by which JAX's own cluster detection finds a multi-process job
+_CLUSTER_HINTS = ("TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+
+
+def initialize_distributed(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> None:
+  """Joins this process to a multi-process JAX job, before any device is touched.
+
+  With a coordinator address (GPU clusters, several CPU processes) the three values are passed to
+  `jax.distributed.initialize`; CPU processes then exchange collectives over gloo (TCP). Without
+  one, JAX's automatic detection runs when the environment names a cluster of more than one
+  process (a multi-host TPU slice, SLURM, Open MPI); otherwise this is a single-process run.
+  """
+  if coordinator_address:
+    if num_processes is None or process_id is None:
+      raise ValueError("--coordinator_address needs --num_processes and --process_id as well.")
+    if not 0 <= process_id < num_processes:
+      raise ValueError(f"--process_id {process_id} must lie in [0, {num_processes}).")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    return
+  hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  several = "," in hosts or any(
+    os.environ.get(name, "1").isdigit() and int(os.environ.get(name, "1")) > 1
+    for name in _CLUSTER_HINTS[1:]
+  )
+  if several:
+    jax.distributed.initialize()
 
 
 def make_mesh(num_devices: int | None = None, *, fsdp: int = 1) -> Mesh:

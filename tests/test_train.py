@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -124,6 +125,70 @@ def losses_on(num_devices, config, batches, fsdp=1):
     state, metrics = fn(state, data.make_global_batch(batch, sharding))
     losses.append(float(metrics["loss"][0]))
   return np.array(losses), state
+
+
+def multiprocess_reference_setup(num_steps=5):
+  """(train fn, state, global batches) of the tiny config over every device of every process.
+
+  Every process makes the same global synthetic batches and contributes the rows its devices
+  hold, so any split into processes trains on the same data (tests/multiprocess_worker.py).
+  """
+  config = tiny_config("unused", **{"train.num_devices": None, "model.dropout": 0.1})
+  mesh = parallel.make_mesh()
+  tx = state_lib.make_optimizer(config)
+  model_def, state = state_lib.create(config, tx)
+  state = jax.device_put(state, parallel.state_shardings(mesh, state))
+  fn = make_train_fn(
+    mesh,
+    state,
+    steps_per_call=1,
+    model_def=model_def,
+    tx=tx,
+    config=config,
+    schedule=schedules.make("linear", 1000),
+  )
+  rows = config.data.batch_size // jax.process_count()
+  own = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
+  sharding = parallel.stacked_batch_sharded(mesh)
+  batches = [
+    data.make_global_batch({k: v[:, own] for k, v in batch.items()}, sharding)
+    for batch in synthetic_batches(config, num_steps)
+  ]
+  return fn, state, batches
+
+
+def test_two_processes_of_four_devices_train_like_one_of_eight(tmp_path):
+  fn, state, batches = multiprocess_reference_setup()
+  expected = []
+  for batch in batches:
+    state, metrics = fn(state, batch)
+    expected.append(float(metrics["loss"][0]))
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = {
+    **os.environ,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    "JAX_PLATFORMS": "cpu",
+  }
+  worker = ROOT / "tests" / "multiprocess_worker.py"
+  procs = [
+    subprocess.Popen(
+      [sys.executable, str(worker), f"127.0.0.1:{port}", "2", str(i), str(tmp_path)],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  result = json.loads(outputs[0][0].strip().splitlines()[-1])
+  # the same global batches and keys; the cross-process reductions (gloo) differ in order only
+  np.testing.assert_allclose(result["losses"], expected, rtol=1e-5)
+  assert result["restored_step"] == 5 and result["restored_equal"]
 
 
 def test_one_and_eight_devices_give_the_same_losses(tmp_path):
@@ -312,6 +377,8 @@ def test_cli_train_then_sample_and_never_overwrite(tmp_path, data_dir):
     ("--config.train.no_such_key=1", "no_such_key"),
     ("--config.sample.sampler=euler", "sample.sampler must be one of"),
     ("--config.data.batch_size=12", "must be divisible"),
+    ("--config.train.fsdp=3", "fsdp=3 must divide"),
+    ("--coordinator_address=127.0.0.1:1234", "needs --num_processes and --process_id"),
   ],
 )
 def test_config_errors_exit_nonzero_with_one_message(tmp_path, data_dir, flag, message):
