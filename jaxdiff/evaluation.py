@@ -139,14 +139,31 @@ def _sample_quality(config, run, state, step) -> dict:
     out["digits_classifier_fd"] = metrics.fid_from_features(
       features.features(images), features.train_features
     )
+    out["digits_classifier_fd_real"] = _real_digits_floor(features, len(images))
     out["digits_classifier_fd_note"] = (
       "Fréchet distance to the train split in the hidden layer of a 64-unit digits MLP fit on "
-      "the test split: not FID; compare only at equal eval.num_samples"
+      "the test split: not FID; compare only at equal eval.num_samples. _real: the same for as "
+      "many real test-split digits (mean of 5 draws), the floor at this N"
     )
     return out
   reference = _reference(config, run, model)
   out.update(metrics.sample_metrics(model, images, reference))
   return out
+
+
+def _real_digits_floor(features, count: int) -> float | None:
+  """The classifier distance of `count` real test-split digits (mean of 5 random subsets)."""
+  from jaxdiff.metrics import digits_classifier
+
+  test_images, _ = digits_classifier.digits_split("test")
+  if not 1 < count <= len(test_images):
+    return None
+  rng = np.random.default_rng(0)
+  test_features = features.features(test_images)
+  draws = [rng.choice(len(test_images), count, replace=False) for _ in range(5)]
+  return float(
+    np.mean([metrics.fid_from_features(test_features[i], features.train_features) for i in draws])
+  )
 
 
 def _reference(config, run, model) -> metrics.ReferenceStatistics:

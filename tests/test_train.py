@@ -433,7 +433,8 @@ def test_hybrid_loss_training_and_eval_mode(tmp_path, data_dir):
     result["eval_timesteps"] == 3 and np.isfinite(result["eval_bpd"]) and result["eval_bpd"] > 0
   )
   # 12 samples of 2 training steps: far from the digits, and the note says this is not FID
-  assert result["eval_samples"] == 12 and result["digits_classifier_fd"] > 1.0
+  assert result["eval_samples"] == 12
+  assert result["digits_classifier_fd"] > 3 * result["digits_classifier_fd_real"] > 0
   assert "not FID" in result["digits_classifier_fd_note"]
   last = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])
   assert last["eval_bpd"] == result["eval_bpd"] and last["step"] == 2
