@@ -146,8 +146,17 @@ def _sample_quality(config, run, state, step) -> dict:
       "many real test-split digits (mean of 5 draws), the floor at this N"
     )
     return out
-  reference = _reference(config, run, model)
-  out.update(metrics.sample_metrics(model, images, reference))
+  if config.eval.reference_batch:
+    batch = metrics.read_reference_batch(config.eval.reference_batch)
+    if batch.images is None:
+      # precomputed mu/sigma only: FID and IS; precision/recall need the reference's features
+      features, logits = metrics.inception_features(model, images)
+      out["fid"] = metrics.frechet_distance(
+        *metrics.feature_statistics(features), *batch.statistics
+      )
+      out["inception_score"], out["inception_score_std"] = metrics.inception_score(logits)
+      return out
+  out.update(metrics.sample_metrics(model, images, _reference(config, run, model)))
   return out
 
 
@@ -170,12 +179,8 @@ def _reference(config, run, model) -> metrics.ReferenceStatistics:
   """Inception statistics of eval.reference_batch or of the training split, cached in the workdir."""
   e, d = config.eval, config.data
   if e.reference_batch:
-    batch = metrics.read_reference_batch(e.reference_batch)
-    if batch.images is None:
-      raise TrainingError(
-        f"{e.reference_batch} holds only mu/sigma; precision/recall need its images (arr_0)."
-      )
-    load, name = (lambda: batch.images), pathlib.Path(e.reference_batch).stem
+    images = metrics.read_reference_batch(e.reference_batch).images
+    load, name = (lambda: images), pathlib.Path(e.reference_batch).stem
   else:
 
     def load():

@@ -242,6 +242,14 @@ def test_eval_mode_scores_samples_with_inception_weights(weights_file, tmp_path)
   assert result["fid"] > 0 and result["inception_score"] >= 1.0
   assert 0.0 <= result["precision"] <= 1.0 and 0.0 <= result["recall"] <= 1.0
   assert (tmp_path / "run" / "reference_stats" / "reference_batch.npz").exists()  # cached
+  # a reference batch of precomputed mu/sigma only (as guided-diffusion ships some): the same
+  # samples give the same FID; precision/recall need the reference's features and are left out
+  with np.load(tmp_path / "run" / "reference_stats" / "reference_batch.npz") as cached:
+    np.savez(tmp_path / "stats_only.npz", mu=cached["mu"], sigma=cached["sigma"])
+  config.eval.reference_batch = str(tmp_path / "stats_only.npz")
+  again = evaluation.evaluate(config, tmp_path / "run")
+  np.testing.assert_allclose(again["fid"], result["fid"], rtol=1e-9)  # float64, same inputs
+  assert again["inception_score"] == result["inception_score"] and "precision" not in again
 
 
 def seeded_uint8(count):
