@@ -1,0 +1,140 @@
+"""jaxdiff.xla_flags: the default XLA:CPU flags, when they are added, and that they change no result.
+
+The rest of the suite runs with the defaults on (conftest imports jax, not a backend, and the first
+`import jaxdiff` adds them), so every parity test against diffusers and pytorch-fid also holds
+with them. Here the same U-Net runs in two fresh processes, with and without the flags.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxdiff import xla_flags
+
+FLAG = xla_flags.CPU_DEFAULTS[0]
+
+
+@pytest.fixture
+def fresh_backend(monkeypatch):
+  """As if no JAX backend existed yet (this test process has one by now)."""
+  monkeypatch.setattr(xla_flags, "_backends_initialized", lambda: False)
+
+
+def test_adds_the_flag_after_the_users_flags(fresh_backend):
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  assert xla_flags.apply_defaults(env) == [FLAG]
+  assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=8 {FLAG}"
+  assert xla_flags.apply_defaults(env) == []  # idempotent
+  empty = {}
+  xla_flags.apply_defaults(empty)
+  assert empty == {"XLA_FLAGS": FLAG}
+
+
+@pytest.mark.parametrize(
+  "env",
+  [
+    {"XLA_FLAGS": f"{xla_flags.YNN_FUSION_FLAG}=individual_convolution"},  # the user's value wins
+    {"XLA_FLAGS": f"{xla_flags.YNN_FUSION_FLAG}="},
+    {"JAXDIFF_DEFAULT_XLA_FLAGS": "0"},
+    {"JAXDIFF_DEFAULT_XLA_FLAGS": "off"},
+  ],
+)
+def test_leaves_xla_flags_alone_when_told(fresh_backend, env):
+  before = dict(env)
+  assert xla_flags.apply_defaults(env) == []
+  assert env == before
+
+
+def test_no_flag_for_an_unchecked_jaxlib_or_a_live_backend(fresh_backend, monkeypatch):
+  monkeypatch.setattr(xla_flags, "_jaxlib_version", lambda: (9, 0))
+  assert xla_flags.flags_to_add({}) == []
+  monkeypatch.setattr(xla_flags, "_jaxlib_version", lambda: xla_flags.CHECKED_JAXLIB[-1])
+  assert xla_flags.flags_to_add({}) == [FLAG]
+  monkeypatch.setattr(xla_flags, "_backends_initialized", lambda: True)
+  assert xla_flags.flags_to_add({}) == []
+
+
+def test_the_installed_jaxlib_is_one_the_flag_was_checked_with():
+  # when jaxlib moves on, re-run benchmarks/compare_pytorch.py and this file, then extend the list
+  assert xla_flags._jaxlib_version() in xla_flags.CHECKED_JAXLIB
+
+
+WORKER = r"""
+import collections, json, os, re, sys
+import jaxdiff, jax, jax.numpy as jnp, numpy as np
+from flax import nnx
+from jaxdiff.models import UNet
+
+kwargs = dict(in_channels=3, base_channels=32, channel_mult=(1, 2), num_res_blocks=1,
+              attention_resolutions=(8,), image_size=16, zero_init=False)
+x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+t = jnp.array([0, 250, 500, 999])
+out = {}
+for dtype in ("float32", "bfloat16"):
+  model = UNet(**kwargs, dtype=getattr(jnp, dtype), rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss(params):
+    y = nnx.merge(graphdef, params, jax.tree.map(jnp.copy, rest))(x, t)
+    return jnp.mean(y.astype(jnp.float32) ** 2), y
+
+  step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+  (_, y), grads = step(params)
+  out[f"{dtype}_out"] = np.asarray(y, np.float32)
+  out[f"{dtype}_grad"] = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads)])
+  hlo = step.lower(params).compile().as_text()
+  bodies, name = {}, None  # computation name -> its text
+  for line in hlo.splitlines():
+    head = re.match(r"^%?([\w.\-]+) .*\{$", line)
+    if head:
+      name = head.group(1)
+    elif name:
+      bodies[name] = bodies.get(name, "") + line + "\n"
+  ynn = collections.Counter()  # the root ops of the YNNPACK fusions
+  for line in hlo.splitlines():
+    if '"kind":"__ynn_fusion"' in line:
+      body = bodies[re.search(r"calls=%([\w.\-]+)", line).group(1)]
+      ynn[re.search(r"ROOT \S+ = \S+ ([\w\-]+)\(", body).group(1)] += 1
+  for op in ("dot", "convolution", "reduce"):
+    out[f"{dtype}_ynn_{op}"] = ynn[op]
+np.savez(sys.argv[1], **out)
+print(json.dumps(os.environ.get("XLA_FLAGS", "")))
+"""
+
+
+def _run(tmp_path, name, **env):
+  path = tmp_path / f"{name}.npz"
+  env = {**os.environ, "XLA_FLAGS": "", **env}
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # compile each time: the flags must take effect
+  proc = subprocess.run(
+    [sys.executable, "-c", WORKER, str(path)], env=env, capture_output=True, text=True, timeout=600
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return dict(np.load(path)), json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_flags_change_no_result_beyond_rounding(tmp_path):
+  on, on_flags = _run(tmp_path, "on")
+  off, off_flags = _run(tmp_path, "off", JAXDIFF_DEFAULT_XLA_FLAGS="0")
+  assert on_flags == FLAG and off_flags == ""
+  # the flag is in effect: by default XLA:CPU gives dots, convolutions and reductions to YNNPACK;
+  # with it, the dots only
+  for dtype in ("float32", "bfloat16"):
+    assert on[f"{dtype}_ynn_dot"] > 10 and off[f"{dtype}_ynn_dot"] > 10
+    assert on[f"{dtype}_ynn_convolution"] == 0 and off[f"{dtype}_ynn_convolution"] > 10
+    assert on[f"{dtype}_ynn_reduce"] == 0
+
+  def rel(key):
+    return np.linalg.norm(on[key] - off[key]) / np.linalg.norm(off[key])
+
+  # float32: the same products summed in another order, ~1e-6 per op through ~40 layers (measured
+  # 1.3e-6 output / 2.0e-6 gradient on the 1.6M-parameter benchmark U-Net)
+  assert rel("float32_out") < 1e-5, rel("float32_out")
+  assert rel("float32_grad") < 1e-5, rel("float32_grad")
+  # bfloat16 compute rounds each op to 8 mantissa bits: ~1e-2
+  assert rel("bfloat16_out") < 3e-2, rel("bfloat16_out")
+  assert rel("bfloat16_grad") < 3e-2, rel("bfloat16_grad")
