@@ -29,15 +29,23 @@ compared). Compilation and warm-up are excluded: jaxdiff's programs are compiled
 seconds reported apart); that model call warms up sampling and one untimed train call warms up
 training. Then --rounds rounds alternate the two frameworks (who goes first alternates too), each
 in its own worker process, and medians over rounds are compared, so load from other jobs hits
-both alike; the machine's 1-minute load average before and after is printed with the ratios (the
-PyTorch side, whose OpenMP threads spin-wait, slows down far more than XLA's pool when other
-processes compete for the cores). Peak memory is each worker's peak RSS (VmHWM) over the sampling
-phase and over the training phase (reset in between where the kernel allows), the framework's own
-footprint included.
+both alike. Still, PyTorch's OpenMP threads slow down far more than XLA's pool when other
+processes compete for the cores (a DDIM run took 5x longer on a loaded 2-core machine), so each
+timed call also measures the CPU other processes used meanwhile (/proc/stat minus the benchmark's
+own processes); a round in which they kept more than --max-other-cores busy is repeated (at most
+--rounds times), and the ratio line reports the other-process load of the rounds kept. Peak
+memory is each worker's peak RSS (VmHWM) over the sampling phase and over the training phase
+(reset in between where the kernel allows), the framework's own footprint included.
 
 Prints per config one JSON line per framework and one line of jaxdiff/PyTorch ratios: a
-throughput ratio > 1 means jaxdiff is faster, a memory ratio > 1 that it uses more.
---xla-flags adds to XLA_FLAGS of the jaxdiff worker only (e.g. the YNN fusion flags).
+throughput ratio > 1 means jaxdiff is faster, a memory ratio > 1 that it uses more. The jaxdiff
+line names the XLA_FLAGS its worker ran with: `import jaxdiff` adds its XLA:CPU defaults
+(jaxdiff/xla_flags.py); JAXDIFF_DEFAULT_XLA_FLAGS=0 in the environment measures without them,
+and --xla-flags adds to the jaxdiff worker's XLA_FLAGS (a flag given there wins over a default).
+The baseline before jaxdiff's CPU work, for instance:
+
+    JAXDIFF_DEFAULT_XLA_FLAGS=0 python benchmarks/compare_pytorch.py --torch-python=... \
+      --steps-per-call=1
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
 TORCH_WORKER = HERE / "compare_pytorch_torch.py"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 CONFIGS = {
   "small": {
@@ -88,7 +97,7 @@ CONFIGS = {
       "norm_eps": 1e-6,
     },
     "train_batch": 8,
-    "sample_batch": 8,
+    "sample_batch": 4,
     "train_steps": 2,
   },
 }
@@ -212,6 +221,7 @@ def serve(make_side):
         "params": side.num_params,
         "compile_train_s": side.compile_train_s,
         "compile_sample_s": side.compile_sample_s,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # as jaxdiff's import left them
       }
     elif op == "train":
       answer = {"seconds": side.train(request["steps"])}
@@ -254,14 +264,50 @@ class Worker:
     self.proc.wait()
 
 
-def alternate(workers: dict, rounds: int, request: dict) -> dict:
-  """Times `request` on every worker for `rounds` rounds, rotating who goes first; seconds lists."""
-  seconds = {name: [] for name in workers}
-  names = list(workers)
-  for r in range(rounds):
-    for name in names[r % len(names) :] + names[: r % len(names)]:
-      seconds[name].append(workers[name].ask(**request)["seconds"])
-  return seconds
+def busy_cpu_seconds() -> float:
+  """CPU seconds the whole machine has spent busy (any process), from /proc/stat."""
+  with open("/proc/stat") as f:
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+  return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def process_cpu_seconds(pid: int) -> float:
+  with open(f"/proc/{pid}/stat") as f:
+    fields = f.read().rsplit(")", 1)[1].split()
+  return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime, all threads
+
+
+def timed(workers: dict, name: str, request: dict) -> tuple[float, float]:
+  """Runs a timed request on one worker: (its seconds, cores other processes kept busy meanwhile,
+  i.e. machine-wide busy CPU time minus this benchmark's own, per second of wall-clock)."""
+  ours = [os.getpid()] + [w.proc.pid for w in workers.values()]
+  busy, mine, start = busy_cpu_seconds(), sum(map(process_cpu_seconds, ours)), time.perf_counter()
+  seconds = workers[name].ask(**request)["seconds"]
+  wall = time.perf_counter() - start
+  others = busy_cpu_seconds() - busy - (sum(map(process_cpu_seconds, ours)) - mine)
+  return seconds, max(others, 0.0) / wall
+
+
+def alternate(workers: dict, rounds: int, request: dict, max_other_cores: float) -> dict:
+  """Times `request` on every worker, rotating who goes first, until `rounds` rounds ran with
+  other processes below `max_other_cores` (at most `rounds` rounds are repeated; if too few are
+  clean, all are kept). {"seconds": {name: [...]}, "other_cores": [...], "repeated": n}."""
+  names, kept, rejected = list(workers), [], []
+  for r in range(2 * rounds):
+    order = names[r % len(names) :] + names[: r % len(names)]
+    results = {name: timed(workers, name, request) for name in order}
+    other = max(o for _, o in results.values())
+    (kept if other <= max_other_cores else rejected).append((results, other))
+    if len(kept) == rounds:
+      break
+  if len(kept) < rounds:
+    print(f"warning: other processes kept the CPU busy in {len(rejected)} rounds.", file=sys.stderr)
+    kept += rejected
+  return {
+    "seconds": {name: [res[name][0] for res, _ in kept] for name in names},
+    "other_cores": [round(other, 2) for _, other in kept],
+    "repeated": len(rejected),
+  }
 
 
 def median_ratio(numerator: list, denominator: list) -> float:
@@ -281,7 +327,6 @@ def compare(name: str, spec: dict, args, tmp: pathlib.Path) -> list[dict]:
   }
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
-  load_before = os.getloadavg()[0]
   workers = {
     "pytorch": Worker("PyTorch", [args.torch_python, str(TORCH_WORKER)]),
     "jaxdiff": Worker("jaxdiff", [sys.executable, __file__, "--worker"], env=env),
@@ -310,7 +355,8 @@ def compare(name: str, spec: dict, args, tmp: pathlib.Path) -> list[dict]:
     w.ask(op="forward", x=str(tmp / "x_T.npy"), t=first_t, out=str(tmp / f"eps_{side}.npy"))
     outputs[side] = np.load(tmp / f"eps_{side}.npy")
   request = {"op": "sample", "x_T": str(tmp / "x_T.npy"), "out": str(tmp / "x_0.npy")}
-  sample_s = alternate(workers, args.rounds, request)
+  sampled = alternate(workers, args.rounds, request, args.max_other_cores)
+  sample_s = sampled["seconds"]
   peaks = {side: {"sample": w.ask(op="peak")["peak_rss_mb"]} for side, w in workers.items()}
 
   for w in workers.values():
@@ -320,7 +366,8 @@ def compare(name: str, spec: dict, args, tmp: pathlib.Path) -> list[dict]:
   request = {"op": "train", "steps": steps}
   for w in workers.values():
     w.ask(**request)  # warm-up
-  train_s = alternate(workers, args.rounds, request)
+  trained = alternate(workers, args.rounds, request, args.max_other_cores)
+  train_s = trained["seconds"]
   for side, w in workers.items():
     peaks[side]["train"] = w.ask(op="peak")["peak_rss_mb"]
     w.close()
@@ -345,7 +392,7 @@ def compare(name: str, spec: dict, args, tmp: pathlib.Path) -> list[dict]:
     if side == "jaxdiff":
       line.update(
         steps_per_call=args.steps_per_call,
-        xla_flags=env["XLA_FLAGS"],
+        xla_flags=setup[side]["xla_flags"],
         compile_train_s=round(setup[side]["compile_train_s"], 2),
         compile_sample_s=round(setup[side]["compile_sample_s"], 2),
       )
@@ -364,7 +411,9 @@ def compare(name: str, spec: dict, args, tmp: pathlib.Path) -> list[dict]:
       "peak_rss_train": round(j["peak_rss_mb_train"] / p["peak_rss_mb_train"], 3),
       "peak_rss_sample": round(j["peak_rss_mb_sample"] / p["peak_rss_mb_sample"], 3),
       "model_output_max_abs_diff": float(np.abs(outputs["jaxdiff"] - outputs["pytorch"]).max()),
-      "loadavg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+      "other_processes_cores_train": trained["other_cores"],
+      "other_processes_cores_sample": sampled["other_cores"],
+      "rounds_repeated": trained["repeated"] + sampled["repeated"],
     }
   )
   return lines
@@ -382,10 +431,21 @@ def main():
   parser.add_argument("--rounds", type=int, default=3, help="timed rounds per measurement")
   parser.add_argument("--quick", action="store_true", help="one timed round")
   parser.add_argument("--sample-steps", type=int, default=50)
-  parser.add_argument("--steps-per-call", type=int, default=1, help="jaxdiff train steps per call")
+  parser.add_argument(
+    "--steps-per-call",
+    type=int,
+    default=4,
+    help="jaxdiff train steps unrolled per call (train.steps_per_call; configs/digits.py uses 4)",
+  )
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--xla-flags", default="", help="added to the jaxdiff worker's XLA_FLAGS")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument(
+    "--max-other-cores",
+    type=float,
+    default=0.25,
+    help="a round during which other processes kept more cores busy is repeated (once per round)",
+  )
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
