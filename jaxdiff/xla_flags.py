@@ -20,19 +20,24 @@ The flags only affect the CPU backend and must be in XLA_FLAGS before JAX create
 from __future__ import annotations
 
 import os
+import re
 
 YNN_FUSION_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 CPU_DEFAULTS = (f"{YNN_FUSION_FLAG}=individual_dot",)
-# jaxlib (major, minor) versions whose XLA:CPU has the flag and was measured with it.
-CHECKED_JAXLIB = ((0, 10),)
+# jaxlib versions [from, to) whose XLA:CPU has the flag and was measured with it.
+CHECKED_JAXLIB = ((0, 10, 2), (0, 11, 0))
 OPT_OUT = "JAXDIFF_DEFAULT_XLA_FLAGS"
 
 
-def _jaxlib_version() -> tuple[int, int]:
+def _jaxlib_version() -> tuple[int, ...]:
   from jaxlib import version
 
-  major, minor = version.__version__.split(".")[:2]
-  return int(major), int(minor)
+  return tuple(int(re.match(r"\d+", part)[0]) for part in version.__version__.split(".")[:3])
+
+
+def jaxlib_checked() -> bool:
+  low, high = CHECKED_JAXLIB
+  return low <= _jaxlib_version() < high
 
 
 def _backends_initialized() -> bool:
@@ -45,7 +50,7 @@ def flags_to_add(environ=os.environ) -> list[str]:
   """The default flags that `apply_defaults` would add to `environ["XLA_FLAGS"]` now."""
   if environ.get(OPT_OUT, "1").strip().lower() in ("0", "false", "no", "off"):
     return []
-  if _jaxlib_version() not in CHECKED_JAXLIB or _backends_initialized():
+  if not jaxlib_checked() or _backends_initialized():
     return []
   present = {f.split("=", 1)[0] for f in environ.get("XLA_FLAGS", "").split()}
   return [f for f in CPU_DEFAULTS if f.split("=", 1)[0] not in present]
