@@ -117,6 +117,42 @@ def reset_peak_rss() -> bool:
     return False
 
 
+def jax_programs(model, *, steps_per_call: int, sample_steps: int):
+  """(params, tx, train_call, sample, model_def) for a jaxdiff U-Net: train_call(params, opt_state, x0, key)
+  runs `steps_per_call` unrolled ε-MSE Adam steps (as jaxdiff.train.step.make_train_fn does) and
+  returns (params, opt_state, loss); sample(params, x_T) is DDIM with `sample_steps` steps."""
+  import jax
+  import optax
+  from flax import nnx
+
+  from jaxdiff import diffusion, schedules
+  from jaxdiff.samplers import ddim
+  from jaxdiff.train.state import ModelDef
+
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  model_def = ModelDef(graphdef, rest)
+  schedule = schedules.make("linear", 1000)
+  tx = optax.adam(1e-4)
+
+  def train_call(params, opt_state, x0, key):
+    for i in range(steps_per_call):
+      step_key = jax.random.fold_in(key, i)
+
+      def loss_fn(p, step_key=step_key):
+        return diffusion.mse_loss(step_key, model_def.bind(p), x0, schedule=schedule)[0]
+
+      loss, grads = jax.value_and_grad(loss_fn)(params)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+    return params, opt_state, loss
+
+  def sample(params, x_T):
+    bound = model_def.bind(params)
+    return ddim(lambda x, t: bound(x, t), schedule, x_T, num_steps=sample_steps)
+
+  return params, tx, train_call, sample, model_def
+
+
 class JaxSide:
   """The jaxdiff worker: the U-Net loaded from diffusers' saved weights, its train and DDIM
   programs compiled ahead of time."""
@@ -124,37 +160,14 @@ class JaxSide:
   def __init__(self, spec: dict):
     import jax
     import jax.numpy as jnp
-    import optax
-    from flax import nnx
 
-    from jaxdiff import diffusion, schedules
     from jaxdiff.convert import load_diffusers_unet
-    from jaxdiff.samplers import ddim
-    from jaxdiff.train.state import ModelDef
 
     self.jax = jax
-    model = load_diffusers_unet(spec["weights_dir"])
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    model_def = ModelDef(graphdef, rest)
-    schedule = schedules.make("linear", 1000)
-    tx = optax.adam(1e-4)
     k = spec["steps_per_call"]
-
-    def train_call(params, opt_state, x0, key):
-      for i in range(k):
-        step_key = jax.random.fold_in(key, i)
-
-        def loss_fn(p, step_key=step_key):
-          return diffusion.mse_loss(step_key, model_def.bind(p), x0, schedule=schedule)[0]
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-      return params, opt_state, loss
-
-    def sample(params, x_T):
-      model = model_def.bind(params)
-      return ddim(lambda x, t: model(x, t), schedule, x_T, num_steps=spec["sample_steps"])
+    params, tx, train_call, sample, model_def = jax_programs(
+      load_diffusers_unet(spec["weights_dir"]), steps_per_call=k, sample_steps=spec["sample_steps"]
+    )
 
     def forward(params, x, t):
       return model_def.bind(params)(x, t)
@@ -184,6 +197,14 @@ class JaxSide:
     self.sample_params = jax.tree.map(jnp.copy, params)
     self.forward_fn = jax.jit(forward)
 
+  def setup_info(self) -> dict:
+    return {
+      "params": self.num_params,
+      "compile_train_s": self.compile_train_s,
+      "compile_sample_s": self.compile_sample_s,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),  # as jaxdiff's import left them
+    }
+
   def train(self, steps: int) -> float:
     if steps % self.steps_per_call:
       raise ValueError(f"{steps} steps do not split into calls of {self.steps_per_call}.")
@@ -208,7 +229,8 @@ class JaxSide:
 
 
 def serve(make_side):
-  """Answers JSON requests from stdin on stdout (the protocol of compare_pytorch_torch.py)."""
+  """Answers JSON requests from stdin on stdout, for either worker (the protocol is described in
+  compare_pytorch_torch.py); make_side(setup request) builds a JaxSide or TorchSide."""
   out = sys.stdout
   sys.stdout = sys.stderr
   side = None
@@ -217,12 +239,7 @@ def serve(make_side):
     op = request["op"]
     if op == "setup":
       side = make_side(request)
-      answer = {
-        "params": side.num_params,
-        "compile_train_s": side.compile_train_s,
-        "compile_sample_s": side.compile_sample_s,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),  # as jaxdiff's import left them
-      }
+      answer = side.setup_info()
     elif op == "train":
       answer = {"seconds": side.train(request["steps"])}
     elif op == "forward":

@@ -19,8 +19,7 @@ messages go to stderr). Requests, by "op":
 
 from __future__ import annotations
 
-import json
-import re
+import pathlib
 import sys
 import time
 
@@ -34,19 +33,8 @@ sys.modules.setdefault("torchvision", None)
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.utils import logging
 
-
-def peak_rss_mb() -> float:
-  with open("/proc/self/status") as f:
-    return int(re.search(r"VmHWM:\s+(\d+)", f.read())[1]) / 1024
-
-
-def reset_peak_rss() -> bool:
-  try:
-    with open("/proc/self/clear_refs", "w") as f:
-      f.write("5")
-    return True
-  except OSError:
-    return False
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from compare_pytorch import serve  # noqa: E402  (stdlib and numpy only at import)
 
 
 class TorchSide:
@@ -70,6 +58,9 @@ class TorchSide:
     c = spec["config"]
     shape = (spec["train_batch"], c["in_channels"], c["sample_size"], c["sample_size"])
     self.x0 = torch.rand(shape) * 2 - 1
+
+  def setup_info(self) -> dict:
+    return {"params": self.params, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
   def train(self, steps: int) -> float:
     self.model.train()
@@ -105,36 +96,7 @@ class TorchSide:
 
 def main():
   logging.set_verbosity_error()
-  out = sys.stdout
-  sys.stdout = sys.stderr  # only answers go to the protocol stream
-  side = None
-  for line in sys.stdin:
-    request = json.loads(line)
-    op = request["op"]
-    if op == "setup":
-      side = TorchSide(request)
-      answer = {
-        "params": side.params,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-      }
-    elif op == "train":
-      answer = {"seconds": side.train(request["steps"])}
-    elif op == "forward":
-      np.save(request["out"], side.forward(np.load(request["x"]), request["t"]))
-      answer = {}
-    elif op == "sample":
-      seconds, x0 = side.sample(np.load(request["x_T"]))
-      np.save(request["out"], x0)
-      answer = {"seconds": seconds}
-    elif op == "reset_peak":
-      answer = {"reset": reset_peak_rss()}
-    elif op == "peak":
-      answer = {"peak_rss_mb": peak_rss_mb()}
-    else:
-      raise ValueError(f"unknown op {op!r}")
-    out.write(json.dumps(answer) + "\n")
-    out.flush()
+  serve(TorchSide)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import time
 import jaxdiff  # noqa: F401  (first: its XLA:CPU defaults must precede the backend)
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from compare_pytorch import CONFIGS  # noqa: E402
+from compare_pytorch import CONFIGS, jax_programs  # noqa: E402
 
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.+?) ([\w\-]+)\(")
@@ -96,45 +96,23 @@ def build(name: str, what: str, steps_per_call: int, sample_steps: int):
   """(compiled fn, its arguments, model steps per call)."""
   import jax
   import jax.numpy as jnp
-  import optax
   from flax import nnx
 
-  from jaxdiff import diffusion, schedules
   from jaxdiff.convert.diffusers_unet import unet_kwargs_from_diffusers_config
   from jaxdiff.models import UNet
-  from jaxdiff.samplers import ddim
-  from jaxdiff.train.state import ModelDef
 
   spec = CONFIGS[name]
   model = UNet(**unet_kwargs_from_diffusers_config(spec["config"]), rngs=nnx.Rngs(0))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  model_def = ModelDef(graphdef, rest)
-  schedule = schedules.make("linear", 1000)
+  params, tx, train_call, sample, _ = jax_programs(
+    model, steps_per_call=steps_per_call, sample_steps=sample_steps
+  )
   size, channels = spec["config"]["sample_size"], spec["config"]["in_channels"]
   if what == "sample":
     x_T = jax.random.normal(jax.random.key(0), (spec["sample_batch"], size, size, channels))
-
-    def sample(params, x_T):
-      bound = model_def.bind(params)
-      return ddim(lambda x, t: bound(x, t), schedule, x_T, num_steps=sample_steps)
-
     return jax.jit(sample).lower(params, x_T).compile(), (params, x_T), sample_steps
-  tx = optax.adam(1e-4)
-  x0 = jax.random.uniform(
-    jax.random.key(0), (spec["train_batch"], size, size, channels), jnp.float32, -1, 1
-  )
-
-  def train_call(params, opt_state, key):
-    for i in range(steps_per_call):
-      step_key = jax.random.fold_in(key, i)
-      grads = jax.grad(
-        lambda p, k=step_key: diffusion.mse_loss(k, model_def.bind(p), x0, schedule=schedule)[0]
-      )(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-    return params, opt_state
-
-  args = (params, tx.init(params), jax.random.key(1))
+  shape = (spec["train_batch"], size, size, channels)
+  x0 = jax.random.uniform(jax.random.key(0), shape, jnp.float32, -1, 1)
+  args = (params, tx.init(params), x0, jax.random.key(1))
   return jax.jit(train_call).lower(*args).compile(), args, steps_per_call
 
 
