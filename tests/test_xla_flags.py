@@ -63,10 +63,10 @@ def test_no_flag_for_an_unchecked_jaxlib_or_a_live_backend(fresh_backend, monkey
 def test_import_jaxdiff_adds_the_flag_on_a_checked_jaxlib():
   code = "import os, jaxdiff; print(os.environ.get('XLA_FLAGS', ''))"
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  env.pop(xla_flags.OPT_OUT, None)  # an opt-out in the caller's environment must not mask this
   out = subprocess.run(
     [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
   ).stdout.strip()
-  env.pop(xla_flags.OPT_OUT, None)
   if xla_flags.jaxlib_checked():
     assert out == f"--xla_force_host_platform_device_count=2 {FLAG}"
   else:  # a newer jaxlib: nothing is added until the flag is re-checked there (see BUILD.md)
