@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdiff.models import winograd
+
 
 def sinusoidal_embedding(
   t: jax.Array, dim: int, *, flip_sin_to_cos: bool, freq_shift: float, max_period: float = 10000.0
@@ -135,8 +137,19 @@ def group_norm(channels: int, *, groups: int, eps: float, dtype, rngs: nnx.Rngs)
 
 
 def conv3x3(cin: int, cout: int, *, dtype, rngs: nnx.Rngs, zero: bool = False) -> nnx.Conv:
+  """A 3x3 `nnx.Conv` (one-pixel padding) whose float32 forward runs as Winograd on CPU where that
+  is faster (`jaxdiff.models.winograd`); same parameters, and plain convolutions elsewhere."""
   init = {"kernel_init": nnx.initializers.zeros_init()} if zero else {}
-  return nnx.Conv(cin, cout, (3, 3), padding=((1, 1), (1, 1)), dtype=dtype, rngs=rngs, **init)
+  return nnx.Conv(
+    cin,
+    cout,
+    (3, 3),
+    padding=((1, 1), (1, 1)),
+    dtype=dtype,
+    rngs=rngs,
+    conv_general_dilated=winograd.conv_general_dilated,
+    **init,
+  )
 
 
 # Activation rematerialization per block (`remat=`): the backward pass recomputes what the
