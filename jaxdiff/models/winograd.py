@@ -11,10 +11,11 @@ memory traffic, so the method pays where the convolution is compute-bound (many 
 Why here: XLA:CPU runs convolutions through Eigen at about the machine's matmul peak, so nothing
 is left in the direct method; fewer multiplies are the remaining lever. Measured on a 2-core
 AVX2 CPU (benchmarks/RESULTS.md), the forward of the CIFAR-10 DDPM U-Net's 3x3 convolutions was
-1.3-2.1x faster at 16x16 and 32x32 with 128-512 channels, and slower at 4x4 or with 32-64
-channels, which is what `tile_size` encodes. Only the forward uses Winograd: the backward is
-XLA's own convolution gradients (`conv3x3_winograd`'s custom VJP), since the transforms' transposes
-ran slower there than Eigen's kernels.
+1.4-2x faster at 16x16 and 1.1-1.4x at 32x32 with 128-512 channels (0.8-1.3x, varying between
+runs, where 256-384 channels go to 128), and slower at 4x4 or with 32 channels; `tile_size`
+encodes that. The U-Net's train step got ~1.1x faster, DDIM ~1.3x. Only the forward uses
+Winograd: the backward is XLA's own convolution gradients (`conv3x3_winograd`'s custom VJP),
+since the transforms' transposes ran slower there than Eigen's kernels.
 
 Accuracy: float32 results differ from the direct convolution by ~5e-7 (F(2x2)) and ~3e-6
 (F(4x4)) relative (tests/test_winograd.py checks both against float64). Only float32 takes this
