@@ -12,15 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from numerics import relative_error
 
 from jaxdiff.models.layers import GroupNorm, group_norm
 
 C, G = 64, 8
-
-
-def _rel(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def _pair(dtype, **kwargs):
@@ -64,7 +60,7 @@ def test_forward_matches_the_definition(shape):
   ours, _ = _pair(jnp.float32)
   x = _input(jnp.float32, shape)
   want = _numpy_group_norm(x, ours.scale[...], ours.bias[...], 1e-5)
-  assert _rel(jax.jit(lambda x: ours(x))(x), want) < 1e-5
+  assert relative_error(jax.jit(lambda x: ours(x))(x), want) < 1e-5
 
 
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
@@ -80,10 +76,10 @@ def test_gradients_match_autodiff_of_flax_group_norm(dtype, tol):
   (g_ours, gx_ours), (g_flax, gx_flax) = grad(ours, x), grad(flax_gn, x)
   assert ours(x).dtype == flax_gn(x).dtype == dtype
   assert gx_ours.dtype == dtype
-  assert _rel(ours(x), flax_gn(x)) < tol
-  assert _rel(gx_ours, gx_flax) < tol
-  assert _rel(g_ours.scale[...], g_flax.scale[...]) < tol
-  assert _rel(g_ours.bias[...], g_flax.bias[...]) < tol
+  assert relative_error(ours(x), flax_gn(x)) < tol
+  assert relative_error(gx_ours, gx_flax) < tol
+  assert relative_error(g_ours.scale[...], g_flax.scale[...]) < tol
+  assert relative_error(g_ours.bias[...], g_flax.bias[...]) < tol
 
 
 def test_gradient_is_orthogonal_to_what_normalization_removes():
@@ -103,7 +99,7 @@ def test_masked_and_fast_variance_calls_fall_back_to_flax():
   x = _input(jnp.float32)
   mask = jax.random.bernoulli(jax.random.key(5), 0.7, x.shape)
   ours, flax_gn = _pair(jnp.float32)
-  assert _rel(ours(x, mask=mask), flax_gn(x, mask=mask)) < 1e-6
+  assert relative_error(ours(x, mask=mask), flax_gn(x, mask=mask)) < 1e-6
   ours, flax_gn = (
     cls(C, num_groups=G, use_fast_variance=True, rngs=nnx.Rngs(0))
     for cls in (GroupNorm, nnx.GroupNorm)

@@ -10,15 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from numerics import relative_error
 
 from jaxdiff.models import layers, winograd
 
 NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def relative(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def correlate(x, w):
@@ -68,7 +64,7 @@ def test_forward_equals_the_direct_correlation(m, shape):
   assert y.shape == shape[:3] + (7,)
   # float32 rounding through the transforms: F(2x2) ~5e-7, F(4x4) (constants up to 8 and 1/24)
   # ~3e-6 relative; 2e-5 leaves room for the sizes and seeds here.
-  assert relative(y, correlate(x, w)) < 2e-5
+  assert relative_error(y, correlate(x, w)) < 2e-5
 
 
 @pytest.mark.parametrize("m", winograd.TILES)
@@ -77,9 +73,11 @@ def test_custom_vjp_gives_the_convolutions_gradients(m):
   y, vjp = jax.vjp(lambda x, w: winograd.conv3x3_winograd(x, w, m), x, w)
   dx, dw = jax.jit(vjp)(dy)
   ref_dx, ref_dw = correlate_grads(x, w, dy)
-  assert relative(y, correlate(x, w)) < 2e-5
-  assert relative(dx, ref_dx) < 1e-5  # XLA's direct input / filter gradients: float32 rounding
-  assert relative(dw, ref_dw) < 1e-5
+  assert relative_error(y, correlate(x, w)) < 2e-5
+  assert (
+    relative_error(dx, ref_dx) < 1e-5
+  )  # XLA's direct input / filter gradients: float32 rounding
+  assert relative_error(dw, ref_dw) < 1e-5
 
 
 def test_each_tile_reproduces_the_published_transform_identity():
@@ -126,7 +124,7 @@ def test_cpu_uses_winograd_where_it_pays_and_the_convolution_elsewhere(monkeypat
   assert text.count("stablehlo.dot_general") == 36 + 1
   x8, w8, _ = data((2, 8, 8, 128), 128)
   assert lowered(fn, x8, w8).count("stablehlo.dot_general") == 16 + 1  # F(2x2): 4x4
-  assert relative(jax.jit(fn)(x, w), correlate(x, w)) < 2e-5
+  assert relative_error(jax.jit(fn)(x, w), correlate(x, w)) < 2e-5
 
   small, w_small, _ = data((2, 16, 16, 64), 64)
   assert "stablehlo.convolution" in lowered(fn, small, w_small)  # too few channels
@@ -150,5 +148,5 @@ def test_unet_conv3x3_keeps_nnx_conv_parameters_and_values():
   x, _, _ = data((2, 16, 12, 128), 160)
   y = nnx.jit(lambda c, x: c(x))(conv, x)
   ref = correlate(x, conv.kernel[...]) + np.asarray(conv.bias[...], np.float64)
-  assert relative(y, ref) < 2e-5
-  assert relative(y, nnx.jit(lambda c, x: c(x))(plain, x)) < 2e-5  # same init, same values
+  assert relative_error(y, ref) < 2e-5
+  assert relative_error(y, nnx.jit(lambda c, x: c(x))(plain, x)) < 2e-5  # same init, same values

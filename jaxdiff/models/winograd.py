@@ -235,7 +235,7 @@ def conv_general_dilated(
   if not m:
     return direct(lhs, rhs)
   return lax.platform_dependent(
-    lhs, rhs, cpu=lambda x, w: conv3x3_winograd(x, w, m), default=lambda x, w: direct(x, w)
+    lhs, rhs, cpu=lambda x, w: conv3x3_winograd(x, w, m), default=direct
   )
 
 
