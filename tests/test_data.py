@@ -4,6 +4,7 @@ import gc
 import json
 import os
 
+import chex
 import grain
 import jax
 import numpy as np
@@ -47,11 +48,7 @@ def _take(iterator, n):
 
 
 def _assert_batches_equal(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for key in x:
-      np.testing.assert_array_equal(x[key], y[key])
+  chex.assert_trees_all_equal(a, b)  # lists of dicts: same length, same keys, equal arrays
 
 
 # --- digits builder -------------------------------------------------------------------------

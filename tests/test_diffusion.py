@@ -4,14 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numerics import relative_error
 
 from jaxdiff import diffusion, schedules
 
 SCHEDULE = schedules.make("cosine", 1000)
-
-
-def rel(a, b):
-  return float(jnp.linalg.norm(jnp.asarray(a) - b) / jnp.linalg.norm(b))
 
 
 def test_q_sample_moments():
@@ -39,7 +36,7 @@ def test_posterior_is_gaussian_product(t):
   got_mean, got_var, got_logvar = diffusion.q_posterior(
     x0, x_t, jnp.full((4,), t), schedule=SCHEDULE
   )
-  assert rel(got_mean, mean) < 1e-5  # float32 tables and arithmetic
+  assert relative_error(got_mean, mean) < 1e-5  # float32 tables and arithmetic
   np.testing.assert_allclose(got_var[:, 0], 1 / precision, rtol=1e-5)
   np.testing.assert_allclose(got_logvar[:, 0], np.log(1 / precision), rtol=1e-5)
 
@@ -62,7 +59,7 @@ def test_parameterizations_recover_x0_and_eps(prediction):
   got_x0, got_eps = diffusion.x0_and_eps(out, x_t, t, schedule=SCHEDULE, prediction=prediction)
   # Recovering ε from x0 divides x_t − √ᾱ x0 by √(1−ᾱ); at t = 0 of the cosine schedule
   # 1 − ᾱ_0 ≈ 4e-5, which amplifies float32 rounding (~1e-7) about 160-fold: hence 5e-4.
-  assert rel(got_x0, x0) < 5e-4 and rel(got_eps, eps) < 5e-4
+  assert relative_error(got_x0, x0) < 5e-4 and relative_error(got_eps, eps) < 5e-4
 
 
 def test_v_definition():

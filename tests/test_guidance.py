@@ -3,14 +3,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numerics import relative_error
 
 from jaxdiff import guidance
 
 NULL = 10
-
-
-def rel(a, b):
-  return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
 
 def conditional_model(x, t, y):
@@ -26,11 +23,11 @@ def test_scale_one_is_conditional_and_zero_unconditional():
   uncond = conditional_model(x, t, jnp.full((3,), NULL))
   g1 = guidance.classifier_free(conditional_model, y, guidance_scale=1.0, null_label=NULL)
   # uncond + s·(cond − uncond) rounds once per op in float32 (values up to ~10): ~1e-7 relative.
-  assert rel(g1(x, t), cond) < 1e-6
+  assert relative_error(g1(x, t), cond) < 1e-6
   g0 = guidance.classifier_free(conditional_model, y, guidance_scale=0.0, null_label=NULL)
-  assert rel(g0(x, t), uncond) < 1e-6
+  assert relative_error(g0(x, t), uncond) < 1e-6
   g4 = guidance.classifier_free(conditional_model, y, guidance_scale=4.0, null_label=NULL)
-  assert rel(g4(x, t), uncond + 4.0 * (cond - uncond)) < 1e-6
+  assert relative_error(g4(x, t), uncond + 4.0 * (cond - uncond)) < 1e-6
 
 
 def test_unguided_channels_come_from_the_conditional_half():

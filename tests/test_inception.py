@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from inception_fixtures import IMAGE_GROUPS, feature_sets, image_groups, random_inception_weights
+from numerics import relative_error
 from safetensors.numpy import load_file, save_file
 
 from jaxdiff.convert.__main__ import main
@@ -33,10 +34,6 @@ from jaxdiff.metrics.inception import expected_torch_shapes
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 GROUPS = [name for name, *_ in IMAGE_GROUPS]
-
-
-def _relative_error(ours: np.ndarray, theirs: np.ndarray) -> float:
-  return float(np.linalg.norm(ours - theirs) / np.linalg.norm(theirs))
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +93,10 @@ def test_features_and_logits_match_pytorch_fid(model, outputs, reference, group)
   # Both sides compute in float32 from identical weights through ~100 layers; only summation order
   # differs (measured ~5e-7 relative). The subtlest FID patch, average pools that count padded
   # zeros, already gives 4e-2.
-  assert _relative_error(features, reference[f"features_{group}"]) <= 1e-4
-  assert _relative_error(logits, reference[f"logits_{group}"]) <= 1e-4
+  assert relative_error(features, reference[f"features_{group}"]) <= 1e-4
+  assert relative_error(logits, reference[f"logits_{group}"]) <= 1e-4
   biased = np.asarray(model.fc(jnp.asarray(features)))
-  assert _relative_error(biased, reference[f"biased_logits_{group}"]) <= 1e-4
+  assert relative_error(biased, reference[f"biased_logits_{group}"]) <= 1e-4
 
 
 @pytest.mark.parametrize("name", ["full_rank", "rank_deficient"])
@@ -129,8 +126,7 @@ def test_reference_statistics_are_cached_and_sample_metrics_run(model, tmp_path)
   first = reference_statistics(tmp_path, "grey16", images, model=model, batch_size=2)
   again = reference_statistics(tmp_path, "grey16", images, model=model, batch_size=2)
   assert len(calls) == 1 and sorted(os.listdir(tmp_path)) == ["grey16.npz"]
-  for a, b in zip(first, again, strict=True):
-    np.testing.assert_array_equal(a, b)
+  chex.assert_trees_all_equal(first, again)
   # A grey image is its RGB version with three equal channels (PIL's convert('RGB')).
   rgb, _ = inception_features(model, np.repeat(grey, 3, axis=-1), batch_size=2)
   np.testing.assert_allclose(first.features, rgb, rtol=1e-6)

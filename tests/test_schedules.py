@@ -5,14 +5,11 @@ import pathlib
 
 import numpy as np
 import pytest
+from numerics import relative_error
 
 from jaxdiff import schedules
 
 REF = np.load(pathlib.Path(__file__).parent / "data" / "sampler_reference.npz")
-
-
-def rel(a, b):
-  return np.linalg.norm(np.asarray(a) - b) / np.linalg.norm(b)
 
 
 def test_linear_is_ddpm_schedule_and_scales_with_T():
@@ -45,8 +42,8 @@ def test_tables_match_diffusers(name):
   s = schedules.make(name, 1000)
   # diffusers builds its tables in float32: one rounding per β, and a float32 cumprod whose
   # relative error grows like √T · 6e-8 ≈ 2e-6 over 1000 products.
-  assert rel(s.betas, REF[f"tables/{name}/betas"]) < 1e-6
-  assert rel(s.alphas_cumprod, REF[f"tables/{name}/alphas_cumprod"]) < 1e-5
+  assert relative_error(s.betas, REF[f"tables/{name}/betas"]) < 1e-6
+  assert relative_error(s.alphas_cumprod, REF[f"tables/{name}/alphas_cumprod"]) < 1e-5
 
 
 def test_derived_tables_closed_forms():

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from numerics import tree_relative_error
 
 from jaxdiff.models import UNet, abstract_unet
 
@@ -277,9 +278,7 @@ def test_remat_gives_the_same_gradients_in_less_memory(policy):
 
   plain, plain_bytes = grads_and_residual_bytes("")
   remat, remat_bytes = grads_and_residual_bytes(policy)
-  a = np.concatenate([np.ravel(g) for g in jax.tree.leaves(remat)])
-  b = np.concatenate([np.ravel(g) for g in jax.tree.leaves(plain)])
   # the same float32 ops, recomputed; XLA may fuse them differently: rounding only
-  assert np.linalg.norm(a - b) / np.linalg.norm(b) < 1e-5
+  assert tree_relative_error(remat, plain) < 1e-5
   # measured: 'full' keeps ~1/5 of the activations, 'dots' ~1/3 (plus the parameters in both)
   assert remat_bytes < 0.6 * plain_bytes, (remat_bytes, plain_bytes)
