@@ -39,9 +39,10 @@ memory is each worker's peak RSS (VmHWM) over the sampling phase and over the tr
 
 Prints per config one JSON line per framework and one line of jaxdiff/PyTorch ratios: a
 throughput ratio > 1 means jaxdiff is faster, a memory ratio > 1 that it uses more. The jaxdiff
-line names the XLA_FLAGS its worker ran with: `import jaxdiff` adds its XLA:CPU defaults
-(jaxdiff/xla_flags.py); JAXDIFF_DEFAULT_XLA_FLAGS=0 in the environment measures without them,
-and --xla-flags adds to the jaxdiff worker's XLA_FLAGS (a flag given there wins over a default).
+line names the XLA_FLAGS its worker ran with and which CPU fast paths were on (jaxdiff.cpu): the
+worker calls jaxdiff.cpu.apply_xla_flags() first; JAXDIFF_DEFAULT_XLA_FLAGS=0 in the environment
+measures without the flag, JAXDIFF_WINOGRAD=1 with Winograd convolutions (off by default), and
+--xla-flags adds to the jaxdiff worker's XLA_FLAGS (a flag given there wins over a default).
 The baseline before jaxdiff's CPU work, for instance:
 
     JAXDIFF_DEFAULT_XLA_FLAGS=0 python benchmarks/compare_pytorch.py --torch-python=... \
@@ -198,11 +199,14 @@ class JaxSide:
     self.forward_fn = jax.jit(forward)
 
   def setup_info(self) -> dict:
+    from jaxdiff import cpu
+
     return {
       "params": self.num_params,
       "compile_train_s": self.compile_train_s,
       "compile_sample_s": self.compile_sample_s,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),  # as jaxdiff's import left them
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),  # as apply_xla_flags left them
+      "cpu_fast_paths": cpu.status(),
     }
 
   def train(self, steps: int) -> float:
@@ -410,6 +414,7 @@ def compare(name: str, spec: dict, args, tmp: pathlib.Path) -> list[dict]:
       line.update(
         steps_per_call=args.steps_per_call,
         xla_flags=setup[side]["xla_flags"],
+        cpu_fast_paths=setup[side]["cpu_fast_paths"],
         compile_train_s=round(setup[side]["compile_train_s"], 2),
         compile_sample_s=round(setup[side]["compile_sample_s"], 2),
       )
@@ -466,6 +471,9 @@ def main():
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.worker:
+    from jaxdiff import cpu
+
+    cpu.apply_xla_flags()  # before JaxSide creates JAX's backend
     serve(JaxSide)
     return
   if args.quick:

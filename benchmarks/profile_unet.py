@@ -2,7 +2,8 @@
 
     python benchmarks/profile_unet.py --config=small --what=train
     python benchmarks/profile_unet.py --config=cifar10 --what=sample --sample-steps=5 --top=20
-    JAXDIFF_DEFAULT_XLA_FLAGS=0 python benchmarks/profile_unet.py ...   # without jaxdiff's flags
+    JAXDIFF_DEFAULT_XLA_FLAGS=0 python benchmarks/profile_unet.py ...   # without jaxdiff's flag
+    JAXDIFF_WINOGRAD=1 python benchmarks/profile_unet.py ...            # with Winograd convolutions
 
 Builds the U-Net of benchmarks/compare_pytorch.py's CONFIGS (random weights: time does not depend
 on them; no torch needed), compiles the same train step (ε-MSE, Adam, --steps-per-call unrolled) or
@@ -28,7 +29,9 @@ import sys
 import tempfile
 import time
 
-import jaxdiff  # noqa: F401  (first: its XLA:CPU defaults must precede the backend)
+from jaxdiff import cpu
+
+cpu.apply_xla_flags()  # first: the XLA:CPU flag must precede JAX's backend
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from compare_pytorch import CONFIGS, jax_programs  # noqa: E402
@@ -182,6 +185,7 @@ def main():
         "wall_ms_per_step": round(wall / (args.calls * steps) * 1e3, 1),
         "op_ms_per_step": round(summed, 1),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "cpu_fast_paths": cpu.status(),
       }
     )
   )

@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxdiff import data, parallel, schedules
+from jaxdiff import cpu, data, parallel, schedules
 from jaxdiff.train import setup as setup_lib, state as state_lib
 from jaxdiff.train.step import make_train_fn
 
@@ -99,10 +99,12 @@ def main(argv):
         "process_s": round(time.perf_counter() - PROCESS_START, 2),
         "compilation_cache": jax.config.jax_compilation_cache_dir or None,
         "peak_memory_mb": round(peak_memory_mb(), 1),
+        "cpu_fast_paths": cpu.status(),
       }
     )
   )
 
 
 if __name__ == "__main__":
+  cpu.apply_xla_flags()  # before main creates JAX's backend
   app.run(main)

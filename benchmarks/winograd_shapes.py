@@ -6,7 +6,7 @@
 Each shape (spatial x in-channels x out-channels) is compiled three ways, the three are timed in
 alternation (medians over --rounds), and one JSON line per shape gives ms and the speedup of each
 tile over the direct convolution, with the relative error against the direct result. This is the
-evidence behind `jaxdiff.models.winograd.tile_size`.
+evidence behind `jaxdiff.cpu.winograd.tile_size`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import argparse
 import json
 import time
 
-import jaxdiff  # noqa: F401  (first: its XLA:CPU defaults must precede the backend)
+from jaxdiff import cpu
+
+cpu.apply_xla_flags()  # first: the XLA:CPU flag must precede JAX's backend
 
 UNET_SHAPES = (
   "32x128x128,32x256x128,32x384x128,32x256x256,16x256x256,16x384x256,16x512x256,"
@@ -33,7 +35,7 @@ def main():
   import jax
   import numpy as np
 
-  from jaxdiff.models import winograd
+  from jaxdiff.cpu import winograd
 
   def direct(x, w):
     return jax.lax.conv_general_dilated(

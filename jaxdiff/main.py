@@ -87,4 +87,7 @@ def parse_flags(argv):
 
 
 if __name__ == "__main__":
+  from jaxdiff import cpu  # the XLA:CPU flag must precede JAX's backend; see jaxdiff/cpu
+
+  cpu.apply_xla_flags()
   app.run(main, flags_parser=parse_flags)

@@ -1,4 +1,5 @@
-"""Eight fake CPU devices for every test, so sharded code paths run on a laptop and in CI."""
+"""Eight fake CPU devices for every test, so sharded code paths run on a laptop and in CI, and
+jaxdiff's XLA:CPU flag (jaxdiff.cpu), so every parity test also holds with it, as the CLI runs."""
 
 import os
 import tempfile
@@ -13,3 +14,9 @@ os.environ.setdefault(
   os.path.join(tempfile.gettempdir(), f"jaxdiff-test-xla-{os.getuid()}"),
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+# After the variables above (jax reads JAX_PLATFORMS when imported) and before any test creates a
+# backend; the CLI subprocesses the tests start inherit the result.
+from jaxdiff import cpu  # noqa: E402
+
+cpu.apply_xla_flags()

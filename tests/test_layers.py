@@ -1,11 +1,16 @@
-"""jaxdiff.models.layers.GroupNorm: the closed-form backward against references.
+"""jaxdiff.models.layers.GroupNorm: the closed-form backward against references, and where it runs.
 
 The forward is checked against a float64 NumPy group norm written from the definition, the
-gradients against autodiff of Flax's own `nnx.GroupNorm` (an independent implementation).
+gradients against autodiff of Flax's own `nnx.GroupNorm` (an independent implementation). The
+closed form (jaxdiff.cpu.group_norm) runs on CPU only: programs lowered for GPU and TPU, and CPU
+programs with it switched off, hold autodiff's backward.
 Tolerances: float32 results agree to ~1e-7 relative (a few dozen ops of rounding, summation order
 differs), so 1e-5 leaves margin without hiding a wrong term (a missing term is an O(1) error);
 bfloat16 compute keeps 8 mantissa bits, ~4e-3 per rounding, so 2e-2.
 """
+
+import collections
+import re
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +19,8 @@ import pytest
 from flax import nnx
 from numerics import relative_error
 
+from jaxdiff import cpu
+from jaxdiff.cpu import group_norm as cpu_group_norm
 from jaxdiff.models.layers import GroupNorm, group_norm
 
 C, G = 64, 8
@@ -63,8 +70,10 @@ def test_forward_matches_the_definition(shape):
   assert relative_error(jax.jit(lambda x: ours(x))(x), want) < 1e-5
 
 
+@pytest.mark.parametrize("closed_form", [True, False])
 @pytest.mark.parametrize("dtype, tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
-def test_gradients_match_autodiff_of_flax_group_norm(dtype, tol):
+def test_gradients_match_autodiff_of_flax_group_norm(dtype, tol, closed_form, monkeypatch):
+  monkeypatch.setattr(cpu.settings, "group_norm_backward", closed_form)
   ours, flax_gn = _pair(dtype)
   x = _input(dtype)
   w = jax.random.normal(jax.random.key(3), x.shape)
@@ -115,3 +124,51 @@ def test_backward_sums_over_positions_are_dots_on_cpu():
   hlo = jax.jit(jax.grad(lambda x: jnp.sum(gn(x) ** 2))).lower(x).compile().as_text()
   assert "conditional(" not in hlo
   assert hlo.count(" dot(") >= 2
+
+
+def _grad_ops(platform: str, definition: bool = False) -> collections.Counter:
+  """The StableHLO ops of d/dx sum(GroupNorm(x)^2) lowered for `platform` (no device needed); with
+  `definition`, of autodiff through jaxdiff.cpu.group_norm.forward instead of the module."""
+  gn = group_norm(C, groups=G, eps=1e-5, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  x = _input(jnp.float32)
+
+  def y(x):
+    if definition:
+      flat = x.reshape(x.shape[0], -1, C)
+      return cpu_group_norm.forward(flat, gn.scale[...], gn.bias[...], 1e-5, G).reshape(x.shape)
+    return gn(x)
+
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(y(x) ** 2)))
+  text = jax.export.export(grad, platforms=(platform,))(x).mlir_module()
+  return collections.Counter(re.findall(r"stablehlo\.\w+", text))
+
+
+# What the platform switch itself adds to a lowered program: a `case` on the platform index (one
+# branch left once the platform is known), its returns and the index's constants.
+_SWITCH_OPS = (
+  "stablehlo.case",
+  "stablehlo.return",
+  "stablehlo.constant",
+  "stablehlo.broadcast_in_dim",
+)
+
+
+def _arithmetic(ops: collections.Counter) -> collections.Counter:
+  return collections.Counter({op: n for op, n in ops.items() if op not in _SWITCH_OPS})
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_gpu_and_tpu_programs_hold_autodiffs_backward(platform):
+  """The closed form was measured on CPU only; elsewhere its dots must not replace autodiff."""
+  ops = _grad_ops(platform)
+  assert "stablehlo.dot_general" not in ops
+  assert _arithmetic(ops) == _arithmetic(_grad_ops(platform, definition=True))
+
+
+def test_switched_off_the_cpu_program_is_autodiffs(monkeypatch):
+  assert _grad_ops("cpu")["stablehlo.dot_general"] == 2  # on by default: the two position sums
+  monkeypatch.setattr(cpu.settings, "group_norm_backward", False)
+  assert _grad_ops("cpu") == _grad_ops("cpu", definition=True)
+  monkeypatch.setattr(cpu.settings, "group_norm_backward", None)
+  monkeypatch.setenv(cpu.GROUP_NORM_ENV, "0")
+  assert "stablehlo.dot_general" not in _grad_ops("cpu")

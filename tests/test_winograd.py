@@ -1,5 +1,5 @@
-"""Winograd 3x3 convolutions (jaxdiff.models.winograd) against the direct convolution's definition
-in float64 NumPy, and the choice of where they run."""
+"""Winograd 3x3 convolutions (jaxdiff.cpu.winograd) against the direct convolution's definition
+in float64 NumPy, the choice of where they run, and jaxdiff.cpu's switch (off by default)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import pytest
 from flax import nnx
 from numerics import relative_error
 
-from jaxdiff.models import layers, winograd
+from jaxdiff import cpu
+from jaxdiff.cpu import winograd
+from jaxdiff.models import layers
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -100,9 +102,14 @@ def lowered(fn, *args, platform="cpu") -> str:
 
 
 def dispatched(x, w, **kw):
-  return lambda x, w: winograd.conv_general_dilated(
+  return lambda x, w: cpu.conv_general_dilated(
     x, w, kw.get("strides", (1, 1)), kw.get("padding", ((1, 1), (1, 1))), dimension_numbers=NHWC
   )
+
+
+@pytest.fixture
+def winograd_on(monkeypatch):
+  monkeypatch.setattr(cpu.settings, "winograd", True)
 
 
 def test_tile_size_policy():
@@ -115,7 +122,27 @@ def test_tile_size_policy():
   assert winograd.tile_size(32, 32, 128, 3) == 0  # conv_out of an RGB model
 
 
-def test_cpu_uses_winograd_where_it_pays_and_the_convolution_elsewhere(monkeypatch):
+def test_off_by_default_and_the_switch_turns_it_on(monkeypatch):
+  """Its compile time and memory (jaxdiff/cpu/__init__.py) make Winograd opt-in. Each lowering is
+  of a new function: the switch is read when tracing, and jit would reuse an old trace."""
+  monkeypatch.delenv(cpu.WINOGRAD_ENV, raising=False)
+  x, w, _ = data((2, 16, 16, 128), 128)
+  assert not cpu.winograd_enabled()
+  text = lowered(dispatched(x, w), x, w)
+  assert "stablehlo.convolution" in text and "stablehlo.dot_general" not in text
+  for value, on in [("1", True), ("on", True), ("0", False)]:
+    monkeypatch.setenv(cpu.WINOGRAD_ENV, value)
+    assert cpu.winograd_enabled() == on
+    assert ("stablehlo.convolution" not in lowered(dispatched(x, w), x, w)) == on, value
+  monkeypatch.setattr(cpu.settings, "winograd", False)  # settings win over the environment
+  monkeypatch.setenv(cpu.WINOGRAD_ENV, "1")
+  assert "stablehlo.convolution" in lowered(dispatched(x, w), x, w)
+  monkeypatch.setattr(cpu.settings, "winograd", True)
+  monkeypatch.setenv(cpu.WINOGRAD_ENV, "0")
+  assert lowered(dispatched(x, w), x, w).count("stablehlo.dot_general") == 36 + 1
+
+
+def test_cpu_uses_winograd_where_it_pays_and_the_convolution_elsewhere(winograd_on):
   x, w, _ = data((2, 16, 16, 128), 128)
   fn = dispatched(x, w)
   text = lowered(fn, x, w)
@@ -137,15 +164,17 @@ def test_cpu_uses_winograd_where_it_pays_and_the_convolution_elsewhere(monkeypat
   for platform in ("cuda", "tpu"):
     text = lowered(fn, x, w, platform=platform)
     assert "stablehlo.convolution" in text and "stablehlo.dot_general" not in text
-  monkeypatch.setenv("JAXDIFF_WINOGRAD", "0")  # read when tracing: a new function, not jit's cache
-  assert "stablehlo.convolution" in lowered(dispatched(x, w), x, w)
 
 
-def test_unet_conv3x3_keeps_nnx_conv_parameters_and_values():
+@pytest.mark.parametrize("on", [False, True])
+def test_unet_conv3x3_keeps_nnx_conv_parameters_and_values(monkeypatch, on):
+  monkeypatch.setattr(cpu.settings, "winograd", on)
   conv = layers.conv3x3(128, 160, dtype=jnp.float32, rngs=nnx.Rngs(0))
   plain = nnx.Conv(128, 160, (3, 3), padding=((1, 1), (1, 1)), rngs=nnx.Rngs(0))
   assert jax.tree.map(jnp.shape, nnx.state(conv)) == jax.tree.map(jnp.shape, nnx.state(plain))
   x, _, _ = data((2, 16, 12, 128), 160)
+  text = lowered(lambda x: conv(x), x)
+  assert ("stablehlo.convolution" not in text) == on
   y = nnx.jit(lambda c, x: c(x))(conv, x)
   ref = correlate(x, conv.kernel[...]) + np.asarray(conv.bias[...], np.float64)
   assert relative_error(y, ref) < 2e-5

@@ -1,8 +1,9 @@
-"""jaxdiff.xla_flags: the default XLA:CPU flags, when they are added, and that they change no result.
+"""jaxdiff.cpu.apply_xla_flags: when it adds the XLA:CPU flag, that `import jaxdiff` does not,
+that the command line does, and that the flag changes no result.
 
-The rest of the suite runs with the defaults on (conftest imports jax, not a backend, and the first
-`import jaxdiff` adds them), so every parity test against diffusers and pytorch-fid also holds
-with them. Here the same U-Net runs in two fresh processes, with and without the flags.
+The rest of the suite runs with the flag on (tests/conftest.py applies it before any backend
+exists), so every parity test against diffusers and pytorch-fid also holds with it. Here the same
+U-Net runs in two fresh processes, with and without the flag.
 """
 
 import json
@@ -13,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from jaxdiff import xla_flags
+from jaxdiff import cpu
+from jaxdiff.cpu import xla_flags
 
 FLAG = xla_flags.CPU_DEFAULTS[0]
 
@@ -26,11 +28,11 @@ def fresh_backend(monkeypatch):
 
 def test_adds_the_flag_after_the_users_flags(fresh_backend):
   env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  assert xla_flags.apply_defaults(env) == [FLAG]
+  assert cpu.apply_xla_flags(env) == [FLAG]
   assert env["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=8 {FLAG}"
-  assert xla_flags.apply_defaults(env) == []  # idempotent
+  assert cpu.apply_xla_flags(env) == []  # idempotent
   empty = {}
-  xla_flags.apply_defaults(empty)
+  cpu.apply_xla_flags(empty)
   assert empty == {"XLA_FLAGS": FLAG}
 
 
@@ -39,38 +41,79 @@ def test_adds_the_flag_after_the_users_flags(fresh_backend):
   [
     {"XLA_FLAGS": f"{xla_flags.YNN_FUSION_FLAG}=individual_convolution"},  # the user's value wins
     {"XLA_FLAGS": f"{xla_flags.YNN_FUSION_FLAG}="},
-    {"JAXDIFF_DEFAULT_XLA_FLAGS": "0"},
-    {"JAXDIFF_DEFAULT_XLA_FLAGS": "off"},
+    {cpu.XLA_FLAGS_ENV: "0"},
+    {cpu.XLA_FLAGS_ENV: "off"},
   ],
 )
 def test_leaves_xla_flags_alone_when_told(fresh_backend, env):
   before = dict(env)
-  assert xla_flags.apply_defaults(env) == []
+  assert cpu.apply_xla_flags(env) == []
   assert env == before
 
 
-def test_no_flag_for_an_unchecked_jaxlib_or_a_live_backend(fresh_backend, monkeypatch):
+def test_a_misspelt_switch_is_an_error(fresh_backend):
+  with pytest.raises(ValueError, match=cpu.XLA_FLAGS_ENV):
+    cpu.apply_xla_flags({cpu.XLA_FLAGS_ENV: "of"})
+
+
+def test_no_flag_for_an_unchecked_jaxlib_and_a_warning_for_a_live_backend(
+  fresh_backend, monkeypatch
+):
   for version in [(0, 10, 1), (0, 11, 0), (1, 0, 0)]:
     monkeypatch.setattr(xla_flags, "_jaxlib_version", lambda v=version: v)
-    assert xla_flags.flags_to_add({}) == [], version
+    assert cpu.apply_xla_flags({}) == [], version
   for version in [(0, 10, 2), (0, 10, 9)]:
     monkeypatch.setattr(xla_flags, "_jaxlib_version", lambda v=version: v)
-    assert xla_flags.flags_to_add({}) == [FLAG], version
+    assert cpu.apply_xla_flags({}) == [FLAG], version
   monkeypatch.setattr(xla_flags, "_backends_initialized", lambda: True)
-  assert xla_flags.flags_to_add({}) == []
+  env = {}
+  with pytest.warns(UserWarning, match="backend already exists"):
+    assert cpu.apply_xla_flags(env) == []
+  assert env == {}
 
 
-def test_import_jaxdiff_adds_the_flag_on_a_checked_jaxlib():
-  code = "import os, jaxdiff; print(os.environ.get('XLA_FLAGS', ''))"
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  env.pop(xla_flags.OPT_OUT, None)  # an opt-out in the caller's environment must not mask this
-  out = subprocess.run(
-    [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-  ).stdout.strip()
+def _fresh_process(code: str, **env) -> str:
+  """stdout of `python -c code` with XLA_FLAGS set to a user's value and no opt-out inherited."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", **env}
+  env.pop(cpu.XLA_FLAGS_ENV, None)  # an opt-out in the caller's environment must not mask this
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout.strip()
+
+
+def test_import_jaxdiff_leaves_the_environment_alone():
+  code = (
+    "import json, os; before = dict(os.environ)\n"
+    "import jaxdiff, jaxdiff.cpu, jaxdiff.models\n"
+    "print(json.dumps([before == dict(os.environ), os.environ.get('XLA_FLAGS')]))"
+  )
+  unchanged, flags = json.loads(_fresh_process(code))
+  assert unchanged and flags == "--xla_force_host_platform_device_count=2"
+
+
+def _expected(user_flags: str) -> str:
   if xla_flags.jaxlib_checked():
-    assert out == f"--xla_force_host_platform_device_count=2 {FLAG}"
-  else:  # a newer jaxlib: nothing is added until the flag is re-checked there (see BUILD.md)
-    assert out == "--xla_force_host_platform_device_count=2"
+    return f"{user_flags} {FLAG}"
+  return user_flags  # a newer jaxlib: nothing added until the flag is re-checked there (BUILD.md)
+
+
+def test_apply_xla_flags_adds_the_flag_in_a_fresh_process():
+  code = "import os, jaxdiff.cpu; jaxdiff.cpu.apply_xla_flags(); print(os.environ['XLA_FLAGS'])"
+  assert _fresh_process(code) == _expected("--xla_force_host_platform_device_count=2")
+
+
+def test_the_command_line_adds_the_flag_before_running():
+  # jaxdiff.main as `python -m` runs it; an unknown flag makes absl exit in app.run, after the call
+  code = (
+    "import os, runpy, sys\n"
+    "sys.argv = ['jaxdiff.main', '--no_such_flag_for_this_test']\n"
+    "try:\n"
+    "  runpy.run_module('jaxdiff.main', run_name='__main__')\n"
+    "except (SystemExit, Exception):\n"
+    "  pass\n"
+    "print(os.environ['XLA_FLAGS'])"
+  )
+  assert _fresh_process(code) == _expected("--xla_force_host_platform_device_count=2")
 
 
 WORKER = r"""
@@ -130,7 +173,7 @@ def _run(tmp_path, name, **env):
 def test_the_flags_change_no_result_beyond_rounding(tmp_path):
   # the flag given explicitly, so this checks it on any jaxlib that still has it
   on, on_flags = _run(tmp_path, "on", XLA_FLAGS=FLAG)
-  off, off_flags = _run(tmp_path, "off", JAXDIFF_DEFAULT_XLA_FLAGS="0")
+  off, off_flags = _run(tmp_path, "off")  # nothing adds it: the worker only imports jaxdiff
   assert on_flags == FLAG and off_flags == ""
   # the flag is in effect: by default XLA:CPU gives dots, convolutions and reductions to YNNPACK;
   # with it, the dots only

@@ -6,14 +6,13 @@ Attribute names follow diffusers (`norm1`, `conv1`, `time_emb_proj`, `to_q`, ...
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxdiff.models import winograd
+from jaxdiff import cpu
 
 
 def sinusoidal_embedding(
@@ -44,71 +43,15 @@ class TimestepMLP(nnx.Module):
     return self.linear_2(nnx.silu(self.linear_1(x)))
 
 
-def _sum_positions(x: jax.Array) -> jax.Array:
-  """(B, P, C) -> (B, C), the sum over positions; on CPU a batched matrix-vector product.
-
-  XLA:CPU lowers a reduction over the positions of a channels-last tensor (the minor axis kept) to
-  a scalar loop with strided reads, slow enough that GroupNorm's backward reductions were a third
-  of the CIFAR-10 U-Net's visible train-step op time. The same sum as ones(B, P) . x is a dot,
-  which XLA:CPU hands to YNNPACK (jaxdiff/xla_flags.py). Other platforms reduce natively.
-  """
-
-  def as_dot(x):
-    ones = jnp.ones(x.shape[:2], x.dtype)
-    return jax.lax.dot_general(ones, x, (((1,), (1,)), ((0,), (0,))))
-
-  return jax.lax.platform_dependent(x, cpu=as_dot, default=lambda x: x.sum(1))
-
-
-def _group_sum(v: jax.Array, groups: int) -> jax.Array:
-  """(B, C) -> (B, C): each channel gets the sum over the channels of its group."""
-  b, c = v.shape
-  return jnp.repeat(v.reshape(b, groups, c // groups).sum(-1), c // groups, axis=1)
-
-
-def _group_norm_forward(x, scale, bias, eps, groups):
-  """Two-pass group norm of x (B, P, C) in float32; (y, what the backward needs)."""
-  xf = x.astype(jnp.float32)
-  n = xf.shape[1] * (xf.shape[2] // groups)
-  mean = _group_sum(xf.sum(1), groups) / n
-  centered = xf - mean[:, None, :]
-  inv = jax.lax.rsqrt(_group_sum((centered * centered).sum(1), groups) / n + eps)
-  return centered * (inv * scale)[:, None, :] + bias, (x, mean, inv, scale)
-
-
-def _group_norm_backward(eps, groups, residuals, dy):
-  """The closed-form gradient: with g = dy * scale and x^ the normalized input, per group,
-  dx = (g - mean(g) - x^ mean(g x^)) / sigma; dscale = sum dy x^; dbias = sum dy."""
-  x, mean, inv, scale = residuals
-  n = x.shape[1] * (x.shape[2] // groups)
-  xhat = (x.astype(jnp.float32) - mean[:, None, :]) * inv[:, None, :]
-  sum_dy = _sum_positions(dy)  # (B, C)
-  sum_dy_xhat = _sum_positions(dy * xhat)
-  mean_g = _group_sum(sum_dy * scale, groups) / n
-  mean_gx = _group_sum(sum_dy_xhat * scale, groups) / n
-  dx = (dy * scale - mean_g[:, None, :] - xhat * mean_gx[:, None, :]) * inv[:, None, :]
-  return dx.astype(x.dtype), sum_dy_xhat.sum(0), sum_dy.sum(0)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _group_norm(x, scale, bias, eps, groups):
-  return _group_norm_forward(x, scale, bias, eps, groups)[0]
-
-
-_group_norm.defvjp(_group_norm_forward, _group_norm_backward)
-
-
 class GroupNorm(nnx.GroupNorm):
-  """`nnx.GroupNorm` with two-pass variance, statistics in float32 and a hand-written backward.
+  """`nnx.GroupNorm` with two-pass variance, statistics in float32 and, on CPU, a hand-written
+  backward.
 
   Same parameters (`scale`, `bias`, float32), same forward to float32 rounding as
-  `nnx.GroupNorm(use_fast_variance=False)`, over all positions and the channels of a group. The
-  gradient is the closed form (`_group_norm_backward`) instead of autodiff of the forward: autodiff
-  left XLA several reductions over positions, each fused with its own recomputed copy of the
-  elementwise backward chain; the closed form needs two, done as dots on CPU
-  (`_sum_positions`). CIFAR-10 DDPM U-Net train step on a 2-core CPU: 10-15% faster
-  (benchmarks/RESULTS.md). Scale and bias stay float32 in the arithmetic, also with a bfloat16
-  compute `dtype`, which only sets the output's dtype.
+  `nnx.GroupNorm(use_fast_variance=False)`, over all positions and the channels of a group. On
+  CPU the gradient is a closed form that XLA:CPU runs faster than autodiff's; other platforms get
+  autodiff's (`jaxdiff.cpu.normalize_groups`, where it is switched). Scale and bias stay float32
+  in the arithmetic, also with a bfloat16 compute `dtype`, which only sets the output's dtype.
   """
 
   def __call__(self, x: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
@@ -118,7 +61,7 @@ class GroupNorm(nnx.GroupNorm):
     shape, channels = x.shape, x.shape[-1]
     scale = self.scale[...] if self.scale is not None else jnp.ones((channels,), jnp.float32)
     bias = self.bias[...] if self.bias is not None else jnp.zeros((channels,), jnp.float32)
-    y = _group_norm(
+    y = cpu.normalize_groups(
       x.reshape(shape[0], -1, channels),
       scale.astype(jnp.float32),
       bias.astype(jnp.float32),
@@ -137,8 +80,8 @@ def group_norm(channels: int, *, groups: int, eps: float, dtype, rngs: nnx.Rngs)
 
 
 def conv3x3(cin: int, cout: int, *, dtype, rngs: nnx.Rngs, zero: bool = False) -> nnx.Conv:
-  """A 3x3 `nnx.Conv` (one-pixel padding) whose float32 forward runs as Winograd on CPU where that
-  is faster (`jaxdiff.models.winograd`); same parameters, and plain convolutions elsewhere."""
+  """A 3x3 `nnx.Conv` (one-pixel padding). With Winograd switched on (`jaxdiff.cpu`, off by
+  default) its float32 forward runs as Winograd on CPU where that is faster; same parameters."""
   init = {"kernel_init": nnx.initializers.zeros_init()} if zero else {}
   return nnx.Conv(
     cin,
@@ -147,7 +90,7 @@ def conv3x3(cin: int, cout: int, *, dtype, rngs: nnx.Rngs, zero: bool = False) -
     padding=((1, 1), (1, 1)),
     dtype=dtype,
     rngs=rngs,
-    conv_general_dilated=winograd.conv_general_dilated,
+    conv_general_dilated=cpu.conv_general_dilated,
     **init,
   )
 
