@@ -4,24 +4,141 @@ Overrides: --config.train.num_steps=2000 (an unknown key is an error). Errors a 
 end in one sentence on stderr and exit code 1; checkpoints are never touched by an error.
 """
 
+import difflib
+import importlib.util
 import pathlib
+import re
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+from ml_collections import config_dict, config_flags
 
 _DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "digits.py"
+# What config_flags reads as the config file and as overrides: --config=F / --config F, and
+# --config.a.b=v / --config.a.b v / --noconfig.a.b (booleans).
+_CONFIG_FILE_ARG = re.compile(r"--?config(?:=(.*))?", re.DOTALL)
+_OVERRIDE_ARG = re.compile(r"--?(no)?config\.([^=]+)(?:=(.*))?", re.DOTALL)
+# The parsers config_flags uses for these field types; values of other types (tuples, strings)
+# are left to its own message.
+_VALUE_PARSERS = {
+  bool: (flags.BooleanParser(), "true or false"),
+  int: (flags.IntegerParser(), "an integer"),
+  float: (flags.FloatParser(), "a number"),
+}
+
+
+def _fail(message):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+def _command_line_args(argv):
+  """argv without the program name, with --flagfile contents inlined as config_flags sees them."""
+  try:
+    return flags.FLAGS.read_flags_from_files(list(argv[1:]), force_gnu=False)
+  except flags.Error:
+    return list(argv[1:])  # absl's own parse reports the bad --flagfile
+
+
+def _config_file_arg(args):
+  value = None
+  for i, arg in enumerate(args):
+    if arg == "--":
+      break
+    if match := _CONFIG_FILE_ARG.fullmatch(arg):
+      # The last --config wins, as for any absl flag.
+      value = match[1] if match[1] is not None else (args[i + 1] if i + 1 < len(args) else None)
+  return value
+
+
+def _check_config_file(args):
+  # config_flags turns a missing config file into an error only when the config is first read,
+  # deep inside a run, as a traceback.
+  value = _config_file_arg(args)
+  if value is None:
+    return
+  path = value.split(":", 1)[0]  # config_flags passes what follows a colon to get_config
+  if not path:
+    _fail("--config is empty: give the path of a config file such as configs/digits.py")
+  if not pathlib.Path(path).exists():
+    _fail(f"--config: the config file '{path}' does not exist")
+  if not pathlib.Path(path).is_file():
+    _fail(f"--config: '{path}' is not a file")
+
+
+def _load_config(args):
+  """The config the command line names (without overrides), or None if it does not load."""
+  value = _config_file_arg(args) or str(_DEFAULT_CONFIG)
+  path, *config_args = value.split(":", 1)
+  try:
+    spec = importlib.util.spec_from_file_location("_jaxdiff_config_to_explain", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(*config_args)
+  except Exception:  # only used to explain another error; that error is reported instead
+    return None
+  return config if isinstance(config, config_dict.ConfigDict) else None
+
+
+def _override_problem(args, config):
+  """One sentence on the first --config.* override in args that cannot apply to config, or None.
+
+  config_flags' own errors are a bare KeyError of the missing key, or absl's message with a
+  Python conversion error; this walks the overrides itself to name the key, section and type.
+  """
+  for i, arg in enumerate(args):
+    if arg == "--":
+      break
+    match = _OVERRIDE_ARG.fullmatch(arg)
+    if not match or "[" in match[2]:  # subscripts (a.b[0]) are left to config_flags
+      continue
+    negated, path, value = match.groups()
+    keys = path.split(".")
+    parent, node = None, config
+    for depth, key in enumerate(keys):
+      section = ".".join(keys[:depth])
+      if not isinstance(node, config_dict.ConfigDict):
+        return f"--config.{path}: '{section}' is a value, not a section with keys"
+      if key not in node:
+        where = f"in section '{section}'" if section else "at its top level"
+        close = difflib.get_close_matches(key, list(node.keys()), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"--config.{path}: the config has no key '{key}' {where}{hint}"
+      parent, node = node, node[key]
+    field_type = parent.get_type(keys[-1])
+    if value is None:
+      if negated or field_type is bool or i + 1 >= len(args):
+        continue
+      value = args[i + 1]
+    parser, kind = _VALUE_PARSERS.get(field_type, (None, None))
+    if parser is None:
+      continue
+    try:
+      parser.parse(value)
+    except (TypeError, ValueError):
+      return f"--config.{path}={value}: '{path}' takes {kind}, not '{value}'"
+  return None
+
+
+def _report_flag_error(argv, error):
+  args = _command_line_args(argv)
+  config = _load_config(args)
+  problem = _override_problem(args, config) if config is not None else None
+  if problem is not None:
+    _fail(problem)
+  message = error.args[0] if isinstance(error, KeyError) and error.args else error
+  _fail(f"{message}\nPass --helpfull to see the flags.")
 
 
 def _define_config_flag():
-  # config_flags applies --config.* overrides already here, so an unknown key fails at definition.
+  # config_flags applies --config.* overrides to the default config already here (when --config
+  # is not given), so an unknown key fails at definition.
   try:
     config_flags.DEFINE_config_file(
       "config", str(_DEFAULT_CONFIG), "Experiment config file.", lock_config=True
     )
-  except (AttributeError, KeyError) as e:
-    print(f"error: a --config override names a key the config does not have: {e}", file=sys.stderr)
-    sys.exit(1)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    _report_flag_error(sys.argv, e)
 
 
 _define_config_flag()
@@ -71,19 +188,16 @@ def main(argv):
     else:
       evaluation.evaluate(config, FLAGS.workdir)
   except user_errors as e:
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    _fail(e)  # once, on stderr; absl's logging.error would repeat it
 
 
 def parse_flags(argv):
-  """absl's flag parsing, with a bad --config override (unknown key, wrong type) as one line."""
+  """absl's flag parsing, with a missing config file or a bad --config override as one line."""
+  _check_config_file(_command_line_args(argv))
   try:
     return FLAGS(argv)
-  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
-    message = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"error: {message}\nPass --helpfull to see the flags.", file=sys.stderr)
-    sys.exit(1)
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError) as e:
+    _report_flag_error(argv, e)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from jaxdiff.data.tfds_noise import quiet_tfds_build
+
 NUM_EXAMPLES = 1797
 NUM_TEST = 270
 SPLIT_SEED = 0
@@ -73,6 +75,15 @@ class Digits(tfds.core.GeneratorBasedBuilder):
       citation=_CITATION,
     )
 
+  # tfds prints "Downloading and preparing dataset Unknown size ..." and "... Subsequent calls
+  # will reuse this data." around every build; there is no download, and ensure_digits_prepared
+  # says in one line what is happening.
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything comes from scikit-learn's bundled copy.
     return {name: self._generate_examples(indices) for name, indices in split_indices().items()}
@@ -90,9 +101,13 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
 def ensure_digits_prepared(data_dir: str | None = None) -> Digits:
   """Builds `digits` as array_record into `data_dir` (TFDS default dir if None) unless present."""
-  builder = Digits(data_dir=data_dir, file_format="array_record")
-  if not builder.is_prepared():
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-    )
+  # Quiet: on a fresh dir tfds warns that it has no dataset_info.json yet, and draws nested
+  # progress bars for a one-second build; one line of ours says what happens instead.
+  with quiet_tfds_build():
+    builder = Digits(data_dir=data_dir, file_format="array_record")
+    if not builder.is_prepared():
+      print(f"Preparing the digits dataset in {builder.data_dir} (first use only).", flush=True)
+      builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+      )
   return builder

@@ -20,6 +20,11 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from jaxdiff.data.digits import Digits, ensure_digits_prepared
+from jaxdiff.data.tfds_noise import drop_opencv_notice
+
+# Images are decoded with PIL by choice (no OpenCV dependency); tfds warns about it on the first
+# decode, in grain's reader threads, where nothing narrower than a log filter reaches.
+drop_opencv_notice()
 
 
 class DatasetNotPreparedError(ValueError):
