@@ -128,7 +128,7 @@ def jax_programs(model, *, steps_per_call: int, sample_steps: int):
 
   from jaxdiff import diffusion, schedules
   from jaxdiff.samplers import ddim
-  from jaxdiff.train.state import ModelDef
+  from jaxdiff.state import ModelDef
 
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   model_def = ModelDef(graphdef, rest)

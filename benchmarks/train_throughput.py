@@ -23,8 +23,8 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxdiff import cpu, data, parallel, schedules
-from jaxdiff.train import setup as setup_lib, state as state_lib
+from jaxdiff import cpu, data, models, parallel
+from jaxdiff import run as run_lib
 from jaxdiff.train.step import make_train_fn
 
 config_flags.DEFINE_config_file("config", "configs/digits.py", "Experiment config file.")
@@ -42,21 +42,12 @@ def peak_memory_mb():
 def main(argv):
   del argv
   config = FLAGS.config
-  setup_lib.enable_compilation_cache(config)
+  run_lib.enable_compilation_cache(config)
   d, k = config.data, config.train.steps_per_call
   mesh = parallel.make_mesh(config.train.num_devices, fsdp=config.train.fsdp)
-  tx = state_lib.make_optimizer(config)
-  model_def, state = state_lib.create(config, tx)
-  state = jax.device_put(state, parallel.state_shardings(mesh, state))
-  fn = make_train_fn(
-    mesh,
-    state,
-    steps_per_call=k,
-    model_def=model_def,
-    tx=tx,
-    config=config,
-    schedule=schedules.make(config.diffusion.schedule, config.diffusion.num_timesteps),
-  )
+  parts = run_lib.build(config)
+  state = jax.device_put(parts.state, parallel.state_shardings(mesh, parts.state))
+  fn = make_train_fn(mesh, state, steps_per_call=k, **parts.step_kwargs())
   rng = np.random.default_rng(0)
   host = {
     "image": rng.uniform(-1, 1, (k, d.batch_size, d.image_size, d.image_size, d.channels)).astype(
@@ -67,21 +58,21 @@ def main(argv):
   stacked = parallel.stacked_batch_sharded(mesh)
   batch = data.make_global_batch(host, stacked)
   start = time.perf_counter()
-  lowered = fn.lower(state, batch)
+  lowered = fn.lower(state, batch, parts.codec.params)
   trace_s = time.perf_counter() - start
   start = time.perf_counter()
   lowered.compile()
   compile_s = time.perf_counter() - start
   start = time.perf_counter()
-  state, metrics = fn(state, batch)
+  state, metrics = fn(state, batch, parts.codec.params)
   jax.block_until_ready(metrics)
   first_call_s = time.perf_counter() - start
   start = time.perf_counter()
   for _ in range(FLAGS.steps):
-    state, metrics = fn(state, batch)
+    state, metrics = fn(state, batch, parts.codec.params)
   jax.block_until_ready(metrics)
   elapsed = time.perf_counter() - start
-  params = sum(x.size for x in jax.tree.leaves(state.params))
+  params = models.parameter_count(state.params)
   print(
     json.dumps(
       {

@@ -1,13 +1,22 @@
 """The one config schema every experiment shares; `configs/*.py` override its values.
 
 Keys cannot be added from the command line (`--config.a.b=v` on an unknown key is an error), so
-every option any part of jaxdiff reads is declared here with its default.
+every option any part of jaxdiff reads is declared here with its default — or in the table it
+belongs to: the network's keys (`model.*`) come from the network table, the samplers' options
+(`sample.*`) from the sampler table, and the allowed values of names (`model.arch`,
+`diffusion.loss`, `sample.sampler`, …) from the tables that define them.
 """
+
+import dataclasses
+import typing
 
 import ml_collections
 
+from jaxdiff import codecs, diffusion, models, objectives, samplers, schedules
 
-def default_config() -> ml_collections.ConfigDict:
+
+def default_config(arch: str = "unet") -> ml_collections.ConfigDict:
+  """Every key with its default; `model.*` holds the keys of network `arch` (models/table.py)."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   # JAX's persistent compilation cache: a second start skips XLA compilation. '' turns it off.
@@ -25,23 +34,12 @@ def default_config() -> ml_collections.ConfigDict:
   d.random_flip = False
   d.num_workers = 0  # grain worker processes; 0 reads in the main process
 
-  c.model = m = ml_collections.ConfigDict()
-  m.base_channels = 32
-  m.channel_mult = (1, 2)
-  m.num_res_blocks = 1
-  m.attention_resolutions = ()  # feature-map sizes that get self-attention
-  m.num_heads = ml_collections.config_dict.placeholder(int)
-  m.head_channels = ml_collections.config_dict.placeholder(int)
-  m.dropout = 0.0
-  m.class_conditional = False
-  m.class_dropout = 0.1  # share of labels replaced by the null class (guidance training)
-  m.learn_sigma = False
-  m.use_scale_shift_norm = False
-  m.resample_with_conv = True
-  m.patch_size = 1  # >1 folds p×p pixel patches into channels (p² less compute)
-  # activation rematerialization per res/attention block: '' off, 'full' (keep only block
-  # inputs), 'dots' (keep conv/matmul outputs, recompute norms and activations)
-  m.remat = ""
+  # the keys every network shares, then those of model.arch's config dataclass (models/table.py)
+  c.model = model_section(arch)
+
+  # between data space and diffusion space (codecs.py): 'identity' diffuses pixels
+  c.codec = ml_collections.ConfigDict()
+  c.codec.name = "identity"
 
   c.diffusion = f = ml_collections.ConfigDict()
   f.schedule = "linear"
@@ -82,14 +80,9 @@ def default_config() -> ml_collections.ConfigDict:
   t.fsdp = 1
 
   c.sample = s = ml_collections.ConfigDict()
-  s.sampler = "ddim"  # 'ddim' or 'ddpm'
-  s.num_steps = 50  # DDIM steps; DDPM respaces to this many (ADM), T for the full chain
-  s.eta = 0.0
-  s.spacing = "leading"  # DDIM timestep spacing: 'leading', 'trailing', 'linspace'
-  # σ² of DDPM steps and of η-scaled DDIM steps: 'fixed_small' (β̃), 'fixed_large' (β) or
-  # 'learned_range' (the model's interpolation; needs model.learn_sigma)
-  s.variance = "fixed_small"
-  s.clip_denoised = True
+  s.sampler = "ddim"  # a name in the sampler table (samplers/table.py)
+  for name, option in samplers.OPTIONS.items():  # the options the samplers read, documented there
+    s[name] = option.default
   s.num_samples = 100
   s.batch_size = 100
   s.guidance_scale = 1.0  # classifier-free guidance; 1 = the conditional model
@@ -112,27 +105,47 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-CHOICES = {
-  "diffusion.schedule": ("linear", "cosine", "scaled_linear"),
-  "diffusion.prediction": ("epsilon", "x0", "v"),
-  "optim.schedule": ("constant", "cosine"),
-  "train.compute_dtype": ("float32", "bfloat16"),
-  "sample.sampler": ("ddim", "ddpm"),
-  "sample.spacing": ("leading", "trailing", "linspace"),
-  "sample.variance": ("fixed_small", "fixed_large", "learned_range"),
-  "diffusion.loss": ("mse", "hybrid", "vlb"),
-  "model.remat": ("", "full", "dots"),
-  "diffusion.timestep_sampler": ("uniform", "loss_second_moment"),
-}
+def model_section(arch: str) -> ml_collections.ConfigDict:
+  """`model.*`: the keys every network shares and those of `arch`'s typed config, with defaults.
+
+  A field whose default is None becomes a placeholder of its annotated type, so that
+  `--config.model.num_heads=4` parses as an int.
+  """
+  m = ml_collections.ConfigDict({**models.table.COMMON, "arch": arch})
+  for field in dataclasses.fields(models.table.architecture(arch).config):
+    default = field.default
+    if default is None:
+      hints = typing.get_type_hints(models.table.architecture(arch).config)
+      kind = typing.get_args(hints[field.name])[0]  # X of `X | None`
+      default = ml_collections.config_dict.placeholder(kind)
+    m[field.name] = default
+  return m
+
+
+def choices() -> dict[str, tuple]:
+  """The allowed values of every key that has a fixed set, most of them read from the tables."""
+  return {
+    "model.arch": tuple(models.ARCHITECTURES),
+    "codec.name": tuple(codecs.CODECS),
+    "diffusion.schedule": tuple(schedules.SCHEDULES),
+    "diffusion.prediction": diffusion.PREDICTIONS,
+    "diffusion.loss": tuple(objectives.OBJECTIVES),
+    "diffusion.timestep_sampler": ("uniform", "loss_second_moment"),
+    "optim.schedule": ("constant", "cosine"),
+    "train.compute_dtype": ("float32", "bfloat16"),
+    "sample.sampler": tuple(samplers.SAMPLERS),
+  }
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Rejects values no part of jaxdiff accepts, before any work starts (one ValueError)."""
-  for key, allowed in CHOICES.items():
+  for key, allowed in choices().items():
     section, name = key.split(".")
     value = config[section][name]
     if value not in allowed:
       raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}.")
+  models.table.typed_config(config.model)  # model.arch's keys, checked by its config dataclass
+  samplers.table.check_options(config.sample.sampler, config.sample)
   positive = (
     "data.batch_size",
     "train.num_steps",
@@ -140,7 +153,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "train.fsdp",
     "train.log_every",
     "train.checkpoint_every",
-    "sample.num_steps",
     "sample.num_samples",
     "sample.batch_size",
   )
@@ -152,11 +164,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("model.class_conditional needs data.num_classes.")
   if config.sample.variance == "learned_range" and not config.model.learn_sigma:
     raise ValueError("sample.variance='learned_range' needs model.learn_sigma=True.")
-  if config.diffusion.loss in ("hybrid", "vlb") and not config.model.learn_sigma:
-    raise ValueError(f"diffusion.loss={config.diffusion.loss!r} needs model.learn_sigma=True.")
+  if objectives.OBJECTIVES[config.diffusion.loss].needs_learned_variance:
+    if not config.model.learn_sigma:
+      raise ValueError(f"diffusion.loss={config.diffusion.loss!r} needs model.learn_sigma=True.")
   if config.diffusion.loss_history_size < 1:
     raise ValueError(
       f"diffusion.loss_history_size must be at least 1, got {config.diffusion.loss_history_size}."
     )
-  if not 0.0 <= config.sample.eta <= 1.0:
-    raise ValueError(f"sample.eta must lie in [0, 1], got {config.sample.eta}.")

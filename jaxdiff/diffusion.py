@@ -15,6 +15,9 @@ import jax.numpy as jnp
 from jaxdiff.schedules import Schedule
 
 PREDICTIONS = ("epsilon", "x0", "v")
+# σ² of a reverse step: the posterior variance β̃ ('fixed_small'), β ('fixed_large'), or improved
+# DDPM's interpolation between the two by the model's extra output channels ('learned_range').
+VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 
 
 def compute_dtype(x: jnp.ndarray):
@@ -32,6 +35,39 @@ def q_sample(x0, t, noise, *, schedule: Schedule):
   a = extract(schedule, "sqrt_alphas_cumprod", t, x0)
   s = extract(schedule, "sqrt_one_minus_alphas_cumprod", t, x0)
   return (a * x0 + s * noise).astype(x0.dtype)
+
+
+def learned_log_variance(model_var, *, log_beta, log_small):
+  """Improved DDPM eq. 15: log Σ = frac·log β + (1 − frac)·log β̃ with frac = (v + 1)/2, where v ∈
+  [−1, 1] is the model's variance output (its channels C…2C)."""
+  frac = (model_var + 1) / 2
+  return frac * log_beta + (1 - frac) * log_small
+
+
+def split_output(output, channels: int, variance: str):
+  """(prediction, variance output or None) of a model output with `channels` data channels.
+
+  A learned-variance model returns 2C channels; 'learned_range' needs them.
+  """
+  if variance not in VARIANCES:
+    raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}.")
+  if variance == "learned_range":
+    if output.shape[-1] != 2 * channels:
+      raise ValueError("variance='learned_range' needs a model with learned variances.")
+    return output[..., :channels], output[..., channels:]
+  return output[..., :channels], None
+
+
+def step_variance(variance: str, model_var, *, beta, small):
+  """σ² of one reverse step from ᾱ_t to ᾱ_prev: 'fixed_small' is its posterior variance `small`,
+  'fixed_large' its β, 'learned_range' the model's log-space interpolation of the two (β̃ floored
+  at 1e-20, which is 0 at a step to ᾱ = 1)."""
+  if variance == "fixed_small":
+    return small
+  if variance == "fixed_large":
+    return beta
+  log_small = jnp.log(jnp.maximum(small, 1e-20))
+  return jnp.exp(learned_log_variance(model_var, log_beta=jnp.log(beta), log_small=log_small))
 
 
 def q_posterior(x0, x_t, t, *, schedule: Schedule):

@@ -13,21 +13,20 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxdiff import likelihood, metrics, parallel, sampling
-from jaxdiff.checkpoint import abstract
-from jaxdiff.train.setup import TrainingError, make_dataset, setup
+from jaxdiff import generate, likelihood, metrics, parallel
+from jaxdiff.run import RunError, make_dataset, restore_for_inference, setup
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   """The newest checkpoint's EMA model: eval.bits_per_dim → the bound on data.eval_split;
   eval.num_samples > 0 → sample quality. One JSON line, printed and appended to metrics.jsonl."""
   run = setup(config, workdir)
-  restored = run.checkpointer.restore_latest(abstract(run.state), with_data=False)
-  if restored is None:
-    raise TrainingError(
-      f"no checkpoint in {run.checkpointer.directory}; train first with --mode=train."
+  if config.eval.bits_per_dim and not run.codec.pixel_space:
+    raise RunError(
+      f"eval.bits_per_dim is a bound on pixels, and this run diffuses in the latent space of "
+      f"codec {config.codec.name!r}; set --config.eval.bits_per_dim=False."
     )
-  step, state, _ = restored
+  step, state = restore_for_inference(run)
   result = {"step": step}
   if config.eval.bits_per_dim:
     result.update(_bits_per_dim(config, run, state))
@@ -107,29 +106,27 @@ def _bits_per_dim(config, run, state) -> dict:
   }
 
 
-def _samples(config, run, state, step) -> np.ndarray:
-  """eval.num_samples uint8 EMA samples drawn as --mode=sample draws them (same keys, labels)."""
-  s = config.sample
-  fn = sampling.make_sample_fn(run.model_def, run.schedule, config, run.mesh, s.batch_size)
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), step), 0xE7A1)
+def draw_samples(config, run, state, step) -> np.ndarray:
+  """The first eval.num_samples images --mode=sample draws (the same generator, keys, labels)."""
+  generator = generate.Generator(run, config.sample.batch_size)
+  key = generate.sample_key(config, step)
   count = config.eval.num_samples
   batches = []
-  for b in tqdm.trange(-(-count // s.batch_size), unit="batch", disable=jax.process_index() != 0):
-    labels = sampling.class_labels(config, s.batch_size, b * s.batch_size)
-    images = fn(state.ema_params, jax.random.fold_in(key, b), labels)
-    batches.append(sampling.to_uint8(sampling.gather(images)))
+  num_batches = -(-count // generator.batch_size)
+  for b in tqdm.trange(num_batches, unit="batch", disable=jax.process_index() != 0):
+    batches.append(generator.batch(state.ema_params, key, b)[0])
   return np.concatenate(batches)[:count]
 
 
 def _sample_quality(config, run, state, step) -> dict:
   e, d = config.eval, config.data
   if not e.inception_weights and d.name != "digits":
-    raise TrainingError(
+    raise RunError(
       "eval.num_samples > 0 needs eval.inception_weights (a safetensors file made by `python -m "
       "jaxdiff.convert pytorch-fid-inception`), or set eval.num_samples=0."
     )
   model = metrics.load_inception(e.inception_weights) if e.inception_weights else None
-  images = _samples(config, run, state, step)
+  images = draw_samples(config, run, state, step)
   out = {"eval_samples": int(len(images)), "eval_guidance_scale": config.sample.guidance_scale}
   if model is None:
     # No Inception on digits: a classifier jaxdiff fits on the test split (never trained on).
@@ -193,7 +190,7 @@ def _reference(config, run, model) -> metrics.ReferenceStatistics:
         drop_remainder=False,
         random_flip=False,
       )
-      return np.concatenate([sampling.to_uint8(b["image"]) for b in dataset])
+      return np.concatenate([generate.to_uint8(b["image"]) for b in dataset])
 
     name = f"{d.name}_{d.split}_{d.image_size}px"
   return metrics.reference_statistics(run.workdir / "reference_stats", name, load, model=model)

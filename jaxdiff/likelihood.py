@@ -21,8 +21,6 @@ import jax.numpy as jnp
 from jaxdiff import diffusion
 from jaxdiff.schedules import Schedule
 
-VARIANCES = ("fixed_small", "fixed_large", "learned_range")
-
 
 def normal_kl(mean1, logvar1, mean2, logvar2):
   """KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)) elementwise, in nats."""
@@ -72,9 +70,8 @@ def model_log_variance(output_var, t, x, *, schedule: Schedule, variance: str):
     log_large = jnp.where((t == 0).reshape(log_beta.shape), log_small, log_beta)
     return jnp.broadcast_to(log_large, x.shape)
   if variance == "learned_range":
-    frac = (output_var + 1) / 2
-    return frac * log_beta + (1 - frac) * log_small
-  raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}.")
+    return diffusion.learned_log_variance(output_var, log_beta=log_beta, log_small=log_small)
+  raise ValueError(f"unknown variance {variance!r}; choose one of {diffusion.VARIANCES}.")
 
 
 def vlb_term(

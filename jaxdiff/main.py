@@ -171,12 +171,12 @@ def main(argv):
   from jaxdiff.checkpoint import CheckpointError
   from jaxdiff.data import DatasetNotPreparedError
   from jaxdiff.train import loop
-  from jaxdiff.train.setup import TrainingError
+  from jaxdiff.run import RunError
 
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax and TFDS log every file they touch at INFO
   config = FLAGS.config
-  user_errors = (TrainingError, CheckpointError, DatasetNotPreparedError, ValueError)
+  user_errors = (RunError, CheckpointError, DatasetNotPreparedError, ValueError)
   try:
     parallel.initialize_distributed(
       FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id

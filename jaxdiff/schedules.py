@@ -116,18 +116,18 @@ def scaled_linear_betas(
   return np.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=np.float64) ** 2
 
 
-_BETAS = {"linear": linear_betas, "cosine": cosine_betas, "scaled_linear": scaled_linear_betas}
+SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas, "scaled_linear": scaled_linear_betas}
 
 
 def make(
   name: str, num_timesteps: int = 1000, *, respacing: RespacingSpec | None = None, **kwargs
 ) -> Schedule:
   """A schedule by name ('linear', 'cosine', 'scaled_linear'), optionally respaced."""
-  if name not in _BETAS:
-    raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(_BETAS)}.")
+  if name not in SCHEDULES:
+    raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}.")
   if num_timesteps < 1:
     raise ValueError(f"num_timesteps must be positive, got {num_timesteps}.")
-  betas = _BETAS[name](num_timesteps, **kwargs)
+  betas = SCHEDULES[name](num_timesteps, **kwargs)
   schedule = Schedule(
     betas=betas, timesteps=np.arange(num_timesteps), num_train_timesteps=num_timesteps
   )

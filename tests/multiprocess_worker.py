@@ -29,7 +29,7 @@ def main(coordinator, num_processes, process_id, workdir):
   fn, state, global_batches = multiprocess_reference_setup()
   losses = []
   for batch in global_batches:
-    state, metrics = fn(state, batch)
+    state, metrics = fn(state, batch, None)
     losses.append(float(metrics["loss"][0]))
   ckpt = Checkpointer(pathlib.Path(workdir) / "checkpoints")
   ckpt.save(5, state, force=True)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxdiff import data, parallel, schedules
+from jaxdiff import data, parallel
+from jaxdiff import run as run_lib
 from jaxdiff.config import default_config, validate
-from jaxdiff.train import state as state_lib
 from jaxdiff.train.step import make_train_fn
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
@@ -35,7 +35,7 @@ def test_config_shares_the_schema_and_validates(name):
 
 def test_cifar10_is_the_ddpm_model():
   config = load("cifar10")
-  shapes = jax.eval_shape(lambda: state_lib.create(config, state_lib.make_optimizer(config))[1])
+  shapes = jax.eval_shape(lambda: run_lib.build(config).state)
   count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes.params))
   assert count == 35_746_307  # google/ddpm-cifar10-32
 
@@ -58,20 +58,12 @@ def test_config_trains_two_steps_on_mock_data(name, tmp_path):
   d = config.data
   assert batches[0]["image"].shape == (2, d.image_size, d.image_size, d.channels)
   mesh = parallel.make_mesh(1)
-  tx = state_lib.make_optimizer(config)
-  model_def, state = state_lib.create(config, tx)
-  fn = make_train_fn(
-    mesh,
-    state,
-    steps_per_call=1,
-    model_def=model_def,
-    tx=tx,
-    config=config,
-    schedule=schedules.make(config.diffusion.schedule, config.diffusion.num_timesteps),
-  )
+  parts = run_lib.build(config)
+  state = parts.state
+  fn = make_train_fn(mesh, state, steps_per_call=1, **parts.step_kwargs())
   stacked = parallel.stacked_batch_sharded(mesh)
   for batch in batches:
     host = {k: v[None] for k, v in batch.items() if k == "image" or config.model.class_conditional}
-    state, metrics = fn(state, data.make_global_batch(host, stacked))
+    state, metrics = fn(state, data.make_global_batch(host, stacked), None)
     assert np.isfinite(float(metrics["loss"][0]))
   assert int(state.step) == 2

@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from numerics import relative_error
 from safetensors.numpy import load_file
 
 from jaxdiff.convert import (
-  load_converted_unet,
+  load_converted,
   load_diffusers_unet,
   unet_kwargs_from_diffusers_config,
 )
@@ -61,10 +62,6 @@ def _run(model, ref: dict) -> np.ndarray:
   return np.asarray(_apply(model, jnp.asarray(ref["x"]), jnp.asarray(ref["t"]), y))
 
 
-def _relative_error(ours: np.ndarray, theirs: np.ndarray) -> float:
-  return float(np.linalg.norm(ours - theirs) / np.linalg.norm(theirs))
-
-
 @pytest.mark.parametrize("name", ["ddpm", "adm"])
 def test_matches_diffusers(name):
   ref = _reference(name)
@@ -72,14 +69,14 @@ def test_matches_diffusers(name):
   chex.assert_shape(out, ref["out"].shape)
   # Both sides compute in float32 from identical weights, so only the summation order of convs,
   # matmuls and norms differs (~1e-6 measured); a mis-mapped tensor gives errors of order 1.
-  assert _relative_error(out, ref["out"]) <= 1e-4
+  assert relative_error(out, ref["out"]) <= 1e-4
 
 
 def test_bfloat16_compute_stays_close_to_diffusers():
   ref = _reference("adm")
   out = _run(load_diffusers_unet(os.path.join(DATA, "unet_adm"), dtype=jnp.bfloat16), ref)
   # bfloat16 keeps 8 mantissa bits (~4e-3 per rounding), accumulated over ~20 layers.
-  assert _relative_error(out, ref["out"]) <= 5e-2
+  assert relative_error(out, ref["out"]) <= 5e-2
 
 
 def test_ddpm_reference_uses_the_legacy_attention_names():
@@ -106,9 +103,7 @@ def test_cli_round_trip(tmp_path):
   )
   assert done.returncode == 0, done.stderr
   ref = _reference("adm")
-  np.testing.assert_array_equal(
-    _run(load_converted_unet(dst), ref), _run(load_diffusers_unet(src), ref)
-  )
+  np.testing.assert_array_equal(_run(load_converted(dst), ref), _run(load_diffusers_unet(src), ref))
 
   # A second conversion into the same folder is refused and leaves the first intact.
   before = sorted(os.listdir(dst))

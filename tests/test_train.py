@@ -16,10 +16,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxdiff import data, parallel, sampling, schedules
+from jaxdiff import data, generate, parallel
+from jaxdiff import run as run_lib
 from jaxdiff.checkpoint import Checkpointer, abstract
-from jaxdiff.train import loop, setup as setup_lib, state as state_lib
-from jaxdiff.train.setup import TrainingError
+from jaxdiff.run import RunError
+from jaxdiff.train import loop
 from jaxdiff.train.step import make_train_fn
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -107,22 +108,13 @@ def synthetic_batches(config, num_steps):
 
 def losses_on(num_devices, config, batches, fsdp=1):
   mesh = parallel.make_mesh(num_devices, fsdp=fsdp)
-  tx = state_lib.make_optimizer(config)
-  model_def, state = state_lib.create(config, tx)
-  state = jax.device_put(state, parallel.state_shardings(mesh, state))
-  fn = make_train_fn(
-    mesh,
-    state,
-    steps_per_call=1,
-    model_def=model_def,
-    tx=tx,
-    config=config,
-    schedule=schedules.make("linear", 1000),
-  )
+  parts = run_lib.build(config)
+  state = jax.device_put(parts.state, parallel.state_shardings(mesh, parts.state))
+  fn = make_train_fn(mesh, state, steps_per_call=1, **parts.step_kwargs())
   sharding = parallel.stacked_batch_sharded(mesh)
   losses = []
   for batch in batches:
-    state, metrics = fn(state, data.make_global_batch(batch, sharding))
+    state, metrics = fn(state, data.make_global_batch(batch, sharding), None)
     losses.append(float(metrics["loss"][0]))
   return np.array(losses), state
 
@@ -135,18 +127,9 @@ def multiprocess_reference_setup(num_steps=5):
   """
   config = tiny_config("unused", **{"train.num_devices": None, "model.dropout": 0.1})
   mesh = parallel.make_mesh()
-  tx = state_lib.make_optimizer(config)
-  model_def, state = state_lib.create(config, tx)
-  state = jax.device_put(state, parallel.state_shardings(mesh, state))
-  fn = make_train_fn(
-    mesh,
-    state,
-    steps_per_call=1,
-    model_def=model_def,
-    tx=tx,
-    config=config,
-    schedule=schedules.make("linear", 1000),
-  )
+  parts = run_lib.build(config)
+  state = jax.device_put(parts.state, parallel.state_shardings(mesh, parts.state))
+  fn = make_train_fn(mesh, state, steps_per_call=1, **parts.step_kwargs())
   rows = config.data.batch_size // jax.process_count()
   own = slice(jax.process_index() * rows, (jax.process_index() + 1) * rows)
   sharding = parallel.stacked_batch_sharded(mesh)
@@ -161,7 +144,7 @@ def test_two_processes_of_four_devices_train_like_one_of_eight(tmp_path):
   fn, state, batches = multiprocess_reference_setup()
   expected = []
   for batch in batches:
-    state, metrics = fn(state, batch)
+    state, metrics = fn(state, batch, None)
     expected.append(float(metrics["loss"][0]))
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -238,9 +221,7 @@ def test_fsdp_splits_the_state_eight_ways_and_trains_like_the_replicated_run(tmp
 
 def test_checkpoint_round_trip(tmp_path):
   config = tiny_config(tmp_path)
-  tx = state_lib.make_optimizer(config)
-  _, state = state_lib.create(config, tx)
-  state = state.replace(step=jnp.asarray(7, jnp.int32))
+  state = run_lib.build(config).state.replace(step=jnp.asarray(7, jnp.int32))
   ckpt = Checkpointer(tmp_path / "ckpt", keep=2)
   ckpt.save(7, state, {"next_index": 3})
   ckpt.wait()
@@ -255,7 +236,7 @@ def test_a_checkpoint_of_another_state_is_refused_and_left_in_place(tmp_path):
   from jaxdiff.checkpoint import CheckpointError
 
   config = tiny_config(tmp_path)
-  _, state = state_lib.create(config, state_lib.make_optimizer(config))
+  state = run_lib.build(config).state
   with_history = state.replace(loss_history=importance.init_history(1000, 10))
   ckpt = Checkpointer(tmp_path / "ckpt")
   ckpt.save(3, with_history)
@@ -299,7 +280,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tmp_path, data_dir, ca
   newest = workdir / "checkpoints" / "4" / "state"
   victim = max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
   victim.write_bytes(victim.read_bytes()[:10])  # truncated
-  run = setup_lib.setup(tiny_config(data_dir, **{"train.num_steps": 4}), workdir)
+  run = run_lib.setup(tiny_config(data_dir, **{"train.num_steps": 4}), workdir)
   step, _, _ = run.checkpointer.restore_latest(abstract(run.state))
   assert step == 2
   assert "checkpoint at step 4 cannot be restored" in caplog.text
@@ -338,7 +319,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, m
   monkeypatch.setattr(loop, "make_dataset", lambda *a, **k: _NaNAtThirdBatch(iter(real(*a, **k))))
   workdir = tmp_path / "run"
   with pytest.raises(
-    TrainingError,
+    RunError,
     match=r"loss became nan at step 3.*last good checkpoint is "
     r"step 2",
   ):
@@ -466,21 +447,22 @@ def test_importance_sampled_vlb_keeps_its_loss_history_across_a_resume(tmp_path,
 
 def test_sampling_is_one_program_sharded_along_the_batch(tmp_path):
   config = tiny_config(tmp_path, **{"sample.num_steps": 3})
-  _, state = state_lib.create(config, state_lib.make_optimizer(config))
+  parts = run_lib.build(config)
   # nonzero weights everywhere (the zero-initialized output layer would make the model trivial)
-  leaves, tree = jax.tree.flatten(state.ema_params)
+  leaves, tree = jax.tree.flatten(parts.state.ema_params)
   keys = jax.random.split(jax.random.key(1), len(leaves))
   ema = tree.unflatten([p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
   labels = np.arange(8) % 10
   outputs = {}
   for devices in (1, 8):
     mesh = parallel.make_mesh(devices)
-    model_def, _ = state_lib.create(config, state_lib.make_optimizer(config))
-    fn = sampling.make_sample_fn(model_def, schedules.make("linear", 1000), config, mesh, 8)
+    fn = generate.make_sample_fn(
+      parts.model_def, parts.schedule, config, mesh, 8, codec=parts.codec, spec=parts.spec
+    )
     params = jax.device_put(ema, parallel.replicated(mesh))
     # the whole sampler (3 DDIM steps, guidance) is one XLA program: no Python loop per step
-    assert "while" in fn.lower(params, jax.random.key(0), labels).as_text()
-    outputs[devices] = fn(params, jax.random.key(0), labels)
+    assert "while" in fn.lower(params, None, jax.random.key(0), labels).as_text()
+    outputs[devices] = fn(params, None, jax.random.key(0), labels)
   assert outputs[8].sharding.spec == jax.sharding.PartitionSpec(parallel.BATCH)
   assert len(outputs[8].sharding.device_set) == 8
   # the same draws on 1 and 8 devices; only the placement differs

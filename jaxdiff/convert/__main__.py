@@ -1,7 +1,7 @@
 """Command line: `python -m jaxdiff.convert diffusers-unet SRC DST` or `pytorch-fid-inception SRC DST`.
 
 diffusers-unet converts the diffusers UNet2DModel folder SRC into DST (unet_config.json + an Orbax
-checkpoint of the parameters), readable with `jaxdiff.convert.load_converted_unet(DST)`.
+checkpoint of the parameters), readable with `jaxdiff.convert.load_converted(DST)`.
 pytorch-fid-inception converts pytorch-fid's pt_inception-2015-12-05-6726825d.pth (needs torch) into
 a safetensors file, readable with `jaxdiff.metrics.load_inception(DST)`.
 """

@@ -4,8 +4,9 @@ jaxdiff's `UNet` mirrors `UNet2DModel`'s module tree, so each parameter's diffus
 from its own path (`down_blocks.0.resnets.1.conv1.kernel` -> `down_blocks.0.resnets.1.conv1.weight`),
 and only the layouts change: conv OIHW -> HWIO, linear (out, in) -> (in, out). Reading needs no torch.
 
-A converted model is saved as DST/unet_config.json (the `UNet` kwargs) plus DST/params, an Orbax
-checkpoint of its `nnx.Param` state; `load_converted_unet` rebuilds it from those two.
+A converted model is saved as DST/unet_config.json (the network table's name, "arch": "unet", and the
+`UNet` kwargs) plus DST/params, an Orbax checkpoint of its `nnx.Param` state; `load_converted`
+rebuilds it from those two through the network table (folders without "arch" are U-Nets).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from flax import nnx
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from jaxdiff.models import UNet, abstract_unet
+from jaxdiff.models import ARCHITECTURES, UNet, abstract_unet
+from jaxdiff.models.table import abstract_module
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -268,13 +270,11 @@ def convert_diffusers_unet(src: str | os.PathLike, dst: str | os.PathLike) -> No
     checkpointer.save(os.path.join(dst, CONVERTED_PARAMS_DIR), nnx.state(model, nnx.Param))
   # Written last: a folder with unet_config.json holds a complete checkpoint.
   with open(os.path.join(dst, CONVERTED_CONFIG_FILE), "w") as f:
-    json.dump(kwargs, f, indent=2)
+    json.dump({"arch": "unet", **kwargs}, f, indent=2)
 
 
-def load_converted_unet(
-  dst: str | os.PathLike, *, dtype=jnp.float32, dropout_key: int | jax.Array = 0
-) -> UNet:
-  """Rebuild the UNet that `convert_diffusers_unet` (or the CLI) wrote to `dst`."""
+def load_converted(dst: str | os.PathLike, *, dtype=jnp.float32, dropout_key: int | jax.Array = 0):
+  """Rebuild the network that `convert_diffusers_unet` (or the CLI) wrote to `dst`."""
   dst = os.path.abspath(dst)
   config_path = os.path.join(dst, CONVERTED_CONFIG_FILE)
   _require(
@@ -282,7 +282,13 @@ def load_converted_unet(
     f"{config_path} does not exist: pass a folder written by jaxdiff.convert.",
   )
   with open(config_path) as f:
-    model = abstract_unet(**json.load(f), dtype=dtype, dropout_key=dropout_key)
+    kwargs = json.load(f)
+  arch = kwargs.pop("arch", "unet")
+  _require(arch in ARCHITECTURES, f"{config_path} names an unknown network {arch!r}.")
+  module = ARCHITECTURES[arch].module
+  model = abstract_module(
+    lambda rngs: module(**kwargs, dtype=dtype, rngs=rngs), dropout_key=dropout_key
+  )
   with ocp.StandardCheckpointer() as checkpointer:
     params = checkpointer.restore(
       os.path.join(dst, CONVERTED_PARAMS_DIR), nnx.state(model, nnx.Param)

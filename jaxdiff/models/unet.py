@@ -6,6 +6,7 @@ The module tree mirrors diffusers' `UNet2DModel` (`down_blocks[i].resnets[j]`, `
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import jax
@@ -13,6 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxdiff.models.layers import (
+  REMAT_POLICIES,
   Attention,
   Downsample,
   ResBlock,
@@ -327,10 +329,48 @@ def depth_to_space(x: jax.Array, p: int) -> jax.Array:
   return x.reshape(b, h * p, w * p, c)
 
 
-def abstract_unet(*, dropout_key: int | jax.Array = 0, **kwargs) -> UNet:
-  """A UNet whose params are shapes only (jax.ShapeDtypeStruct), to be filled with `nnx.update`
-  from a checkpoint: skips a random init that would be overwritten, which on CPU costs seconds of
-  compilation per parameter shape. Its dropout streams are real, seeded from `dropout_key`."""
-  model = nnx.eval_shape(lambda: UNet(**kwargs, rngs=nnx.Rngs(0, dropout=0)))
-  nnx.reseed(model, dropout=dropout_key)
-  return model
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+  """The U-Net's own `model.*` keys (model.arch = 'unet'); the rest of its arguments come from the
+  data and the codec (`NetworkSpec`)."""
+
+  base_channels: int = 32
+  channel_mult: tuple[int, ...] = (1, 2)
+  num_res_blocks: int = 1
+  attention_resolutions: tuple[int, ...] = ()  # feature-map sizes that get self-attention
+  num_heads: int | None = None
+  head_channels: int | None = None
+  dropout: float = 0.0
+  use_scale_shift_norm: bool = False
+  resample_with_conv: bool = True
+  patch_size: int = 1  # >1 folds p×p pixel patches into channels (p² less compute)
+  # activation rematerialization per res/attention block: '' off, 'full' (keep only block
+  # inputs), 'dots' (keep conv/matmul outputs, recompute norms and activations)
+  remat: str = ""
+
+  def __post_init__(self):
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat must be one of {list(REMAT_POLICIES)}, got {self.remat!r}.")
+
+
+def build_unet(config: UNetConfig, spec, rngs: nnx.Rngs) -> UNet:
+  """The U-Net of a run: `config` (model.*) on the diffusion space `spec` (a models.NetworkSpec)."""
+  return UNet(
+    in_channels=spec.in_channels,
+    base_channels=config.base_channels,
+    channel_mult=tuple(config.channel_mult),
+    num_res_blocks=config.num_res_blocks,
+    attention_resolutions=tuple(config.attention_resolutions),
+    image_size=spec.image_size,
+    num_heads=config.num_heads,
+    head_channels=config.head_channels,
+    dropout=config.dropout,
+    num_classes=spec.num_classes,
+    learn_sigma=spec.learn_sigma,
+    use_scale_shift_norm=config.use_scale_shift_norm,
+    resample_with_conv=config.resample_with_conv,
+    patch_size=config.patch_size,
+    remat=config.remat,
+    dtype=spec.dtype,
+    rngs=rngs,
+  )

@@ -7,12 +7,11 @@ from typing import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.diffusion import compute_dtype, x0_and_eps_at
-from jaxdiff.samplers.loop import call_model, run_steps
+from jaxdiff.diffusion import compute_dtype, split_output, step_variance, x0_and_eps_at
+from jaxdiff.samplers.loop import call_model, check_variance, run_steps
 from jaxdiff.schedules import Schedule
 
 SPACINGS = ("leading", "trailing", "linspace")
-VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 
 
 def ddim_timesteps(
@@ -69,8 +68,7 @@ def ddim(
   drops them. The direction term's variance 1 − ᾱ_prev − σ² is floored at 0 (σ² > 1 − ᾱ_prev can
   only happen for 'fixed_large'/'learned_range' with η near 1). At η = 0 all three are DDIM.
   """
-  if variance not in VARIANCES:
-    raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}.")
+  check_variance(variance)
   if schedule.num_timesteps != schedule.num_train_timesteps:
     raise ValueError("ddim takes the full training schedule; it picks its own timesteps.")
   if not 0.0 <= eta <= 1.0:
@@ -88,9 +86,7 @@ def ddim(
   }
 
   def step(x, s, z):
-    channels = x.shape[-1]
-    output = call_model(model_fn, x, s["t"])
-    out = output[..., :channels]
+    out, model_var = split_output(call_model(model_fn, x, s["t"]), x.shape[-1], variance)
     a_t, a_prev = s["a_t"], s["a_prev"]
     x0, eps = x0_and_eps_at(out, x, a_t, prediction=prediction)
     if clip_denoised:
@@ -99,17 +95,7 @@ def ddim(
         eps = (x - jnp.sqrt(a_t) * x0) / jnp.sqrt(1 - a_t)
     beta = 1 - a_t / a_prev
     small = (1 - a_prev) / (1 - a_t) * beta
-    if variance == "fixed_small":
-      var = small
-    elif variance == "fixed_large":
-      var = beta
-    else:
-      if output.shape[-1] != 2 * channels:
-        raise ValueError("variance='learned_range' needs a model with learned variances.")
-      frac = (output[..., channels:] + 1) / 2
-      log_small = jnp.log(jnp.maximum(small, 1e-20))
-      var = jnp.exp(frac * jnp.log(beta) + (1 - frac) * log_small)
-    std = eta * jnp.sqrt(var)
+    std = eta * jnp.sqrt(step_variance(variance, model_var, beta=beta, small=small))
     direction = 1 - a_prev - std**2
     if variance != "fixed_small":
       direction = jnp.maximum(direction, 0.0)

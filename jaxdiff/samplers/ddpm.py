@@ -7,11 +7,9 @@ from typing import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.diffusion import compute_dtype, x0_and_eps_at
-from jaxdiff.samplers.loop import call_model, run_steps
+from jaxdiff.diffusion import compute_dtype, split_output, step_variance, x0_and_eps_at
+from jaxdiff.samplers.loop import call_model, check_variance, run_steps
 from jaxdiff.schedules import Schedule
-
-VARIANCES = ("fixed_small", "fixed_large", "learned_range")
 
 
 def ddpm(
@@ -37,8 +35,7 @@ def ddpm(
   diffusers'. The model sees the original timesteps `schedule.timesteps`. No noise is added at the
   last step; `noise[i]` (shape (num_steps, *x_T.shape)) replays draws, else `key` is used.
   """
-  if variance not in VARIANCES:
-    raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}.")
+  check_variance(variance)
   dtype = compute_dtype(x_T)
   order = np.arange(schedule.num_timesteps - 1, -1, -1)
   alphas_cumprod = schedule.table("alphas_cumprod", dtype)
@@ -51,9 +48,7 @@ def ddpm(
   }
 
   def step(x, s, z):
-    channels = x.shape[-1]
-    output = call_model(model_fn, x, s["t"])
-    out = output[..., :channels]
+    out, model_var = split_output(call_model(model_fn, x, s["t"]), x.shape[-1], variance)
     a_t, a_prev = s["a_t"], s["a_prev"]
     b_t, b_prev = 1 - a_t, 1 - a_prev
     alpha_t = a_t / a_prev
@@ -63,15 +58,7 @@ def ddpm(
       x0 = jnp.clip(x0, -clip_range, clip_range)
     mean = (jnp.sqrt(a_prev) * beta_t / b_t) * x0 + (jnp.sqrt(alpha_t) * b_prev / b_t) * x
     small = jnp.maximum(b_prev / b_t * beta_t, 1e-20)
-    if variance == "fixed_large":
-      var = beta_t
-    elif variance == "learned_range":
-      if output.shape[-1] != 2 * channels:
-        raise ValueError("variance='learned_range' needs a model with learned variances.")
-      frac = (output[..., channels:] + 1) / 2
-      var = jnp.exp(frac * jnp.log(beta_t) + (1 - frac) * jnp.log(small))
-    else:
-      var = small
+    var = step_variance(variance, model_var, beta=beta_t, small=small)
     x_prev = jnp.where(s["last"], mean, mean + jnp.sqrt(var) * z)
     return x_prev.astype(x.dtype)
 

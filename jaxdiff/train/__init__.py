@@ -1,1 +1,1 @@
-"""The trainer: train state, pure train step, the loop."""
+"""The trainer: the pure train step and the loop, on top of jaxdiff.run and jaxdiff.state."""

@@ -13,10 +13,10 @@ import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
 
-from jaxdiff import data, parallel, sampling
+from jaxdiff import data, generate, models, parallel
+from jaxdiff import state as state_lib
 from jaxdiff.checkpoint import abstract
-from jaxdiff.train import state as state_lib
-from jaxdiff.train.setup import Run, TrainingError, make_dataset, setup
+from jaxdiff.run import Run, RunError, make_dataset, setup
 from jaxdiff.train.step import make_train_fn
 
 
@@ -77,7 +77,7 @@ def train(config: ml_collections.ConfigDict, workdir) -> state_lib.TrainState:
       print(f"resumed from the checkpoint at step {step} in {run.checkpointer.directory}")
   step = int(state.step)
 
-  kwargs = dict(model_def=run.model_def, schedule=run.schedule, tx=run.tx, config=config)
+  kwargs = run.step_kwargs()
   train_fns = {1: make_train_fn(run.mesh, state, steps_per_call=1, **kwargs)}
   if t.steps_per_call > 1:
     train_fns[t.steps_per_call] = make_train_fn(
@@ -86,7 +86,7 @@ def train(config: ml_collections.ConfigDict, workdir) -> state_lib.TrainState:
   grids = _GridWriter(run) if t.sample_every else None
   stacked = parallel.stacked_batch_sharded(run.mesh)
   metrics_out = _Metrics(run.workdir)
-  metrics_out.write(step, {"params": sum(x.size for x in jax.tree.leaves(state.params))})
+  metrics_out.write(step, {"params": models.parameter_count(state.params)})
   preemption = _Preemption()
   bar = tqdm.tqdm(
     total=t.num_steps,
@@ -106,11 +106,12 @@ def train(config: ml_collections.ConfigDict, workdir) -> state_lib.TrainState:
       n = t.steps_per_call if min(boundaries) - step >= t.steps_per_call else 1
       batches = [next(iterator) for _ in range(n)]
       host = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-      state, metrics = train_fns[n](state, data.make_global_batch(host, stacked))
+      batch = data.make_global_batch(host, stacked)
+      state, metrics = train_fns[n](state, batch, run.codec.params)
       losses = np.asarray(metrics["loss"])
       if not np.all(np.isfinite(losses)):
         good = run.checkpointer.steps()
-        raise TrainingError(
+        raise RunError(
           f"the loss became {losses[~np.isfinite(losses)][0]} at step {step + 1}; stopped "
           f"without saving. The last good checkpoint is step {good[-1] if good else 'none'}. "
           "Lower optim.learning_rate or set optim.grad_clip_norm, then rerun to resume."
@@ -131,7 +132,7 @@ def train(config: ml_collections.ConfigDict, workdir) -> state_lib.TrainState:
         grids.write(state.ema_params, step)
       if preemption.signal:
         run.checkpointer.wait()
-        raise TrainingError(
+        raise RunError(
           f"stopped by signal {preemption.signal} at step {step}; the "
           "checkpoint is saved: rerun the same command to resume."
         )
@@ -148,17 +149,11 @@ class _GridWriter:
   """Writes samples/grid_STEP.png from the EMA parameters during training."""
 
   def __init__(self, run: Run):
-    c = run.config
-    count = c.sample.grid_samples
-    count -= count % run.mesh.devices.size
-    self._run = run
-    self._fn = sampling.make_sample_fn(run.model_def, run.schedule, c, run.mesh, count)
-    self._labels = sampling.class_labels(c, count)
-    self._key = jax.random.fold_in(jax.random.key(c.seed), 0x9D1D)
+    count = run.config.sample.grid_samples
+    self._path = run.workdir / "samples"
+    self._generator = generate.Generator(run, count - count % run.mesh.devices.size)
 
   def write(self, params, step: int):
-    images = sampling.gather(self._fn(params, jax.random.fold_in(self._key, step), self._labels))
+    images, _ = self._generator.images(params, generate.grid_key(self._generator.config, step))
     if jax.process_index() == 0:
-      sampling.save_grid(
-        sampling.to_uint8(images), self._run.workdir / "samples" / f"grid_{step}.png"
-      )
+      generate.save_grid(images, self._path / f"grid_{step}.png")

@@ -1,18 +1,24 @@
-"""The pure train step: ε-MSE loss, gradient, AdamW update and EMA, jitted over a data mesh."""
+"""The pure train step: the objective's loss and gradient, AdamW update and EMA, jitted over a
+data mesh. It knows no loss, network or codec by name: they come from their tables."""
 
 from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
 
-from jaxdiff import diffusion, importance, likelihood, parallel
-from jaxdiff.schedules import Schedule
-from jaxdiff.train.state import ModelDef, TrainState, lr_schedule
+from jaxdiff import codecs, importance, parallel
+from jaxdiff.objectives import Objective
+from jaxdiff.state import ModelDef, TrainState, lr_schedule
+
+# Purpose folded into a step's key for the codec's encoder (a sampled latent), apart from the
+# three keys the step splits off, so pixel runs draw exactly what they always drew.
+_CODEC_KEY = 0xC0DEC
 
 
 def ema_decay(config: ml_collections.ConfigDict, step):
@@ -27,9 +33,11 @@ def ema_decay(config: ml_collections.ConfigDict, step):
 def train_step(
   state: TrainState,
   batch: dict,
+  codec_params=None,
   *,
   model_def: ModelDef,
-  schedule: Schedule,
+  objective: Objective,
+  codec: codecs.Codec,
   tx: optax.GradientTransformation,
   config: ml_collections.ConfigDict,
 ):
@@ -41,42 +49,47 @@ def train_step(
     # Classifier-free guidance training: replace a fraction of labels by the null class.
     drop = jax.random.bernoulli(label_key, config.model.class_dropout, labels.shape)
     labels = jnp.where(drop, config.data.num_classes, labels)
+  chex.assert_rank(batch["image"], 4)  # NHWC
+  x0 = codec.encode(codec_params, batch["image"], jax.random.fold_in(key, _CODEC_KEY))
 
-  loss_kwargs = {
-    "schedule": schedule,
-    "prediction": config.diffusion.prediction,
-    "min_snr_gamma": config.diffusion.min_snr_gamma or None,
-  }
-  if config.diffusion.loss == "hybrid":
-    objective = functools.partial(likelihood.hybrid_loss, vlb_weight=config.diffusion.vlb_weight)
-  elif config.diffusion.loss == "vlb":
-    objective = likelihood.vlb_loss
-    del loss_kwargs["min_snr_gamma"]
-  else:
-    objective = diffusion.mse_loss
+  t = weights = None
   if state.loss_history is not None:
     t_key, loss_key = jax.random.split(loss_key)
-    t, weights = importance.sample(t_key, state.loss_history, batch["image"].shape[0])
-    loss_kwargs.update(t=t, weights=weights)
+    t, weights = importance.sample(t_key, state.loss_history, x0.shape[0])
+
+  def frozen(params):
+    model = model_def.bind(params)
+    model.eval()
+    return lambda x, t: model(x, t, labels)
+
+  # Extra parameter sets are closed over: they take part in the loss and get no gradient.
+  others = {name: frozen(params) for name, params in (state.extra or {}).items()}
 
   def loss_fn(params):
     model = model_def.bind(params)
     nnx.reseed(model, dropout=dropout_key)
-    model_fn = lambda x, t: model(x, t, labels)
-    return objective(loss_key, model_fn, batch["image"], **loss_kwargs)
+    networks = {**others, "model": lambda x, t: model(x, t, labels)}
+    loss, per_example, metrics = objective.loss(loss_key, networks, x0, t=t, weights=weights)
+    return loss, (per_example, metrics)
 
-  (loss, per_example), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (per_example, objective_metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    state.params
+  )
   loss_history = state.loss_history
   if loss_history is not None:
-    loss_history = importance.update(loss_history, loss_kwargs["t"], per_example)
+    loss_history = importance.update(loss_history, t, per_example)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   decay = ema_decay(config, state.step)
   ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
+  extra = state.extra
+  if extra is not None and objective.update_extra is not None:
+    extra = objective.update_extra(extra, params, state.step)
   metrics = {
     "loss": loss,
     "grad_norm": optax.tree.norm(grads),
     "lr": lr_schedule(config)(state.step),
+    **objective_metrics,
   }
   return state.replace(
     step=state.step + 1,
@@ -84,11 +97,13 @@ def train_step(
     ema_params=ema,
     opt_state=opt_state,
     loss_history=loss_history,
+    extra=extra,
   ), metrics
 
 
 def make_train_fn(mesh, state: TrainState, *, steps_per_call: int, **step_kwargs):
-  """A jitted fn(state, batches) -> (state, metrics) running `steps_per_call` steps unrolled.
+  """A jitted fn(state, batches, codec_params) -> (state, metrics) running `steps_per_call` steps
+  unrolled; codec_params is the codec's `params` (None for pixels).
 
   `batches` stacks the steps' global batches on a leading axis. The loop is a Python loop traced
   into one program rather than a `lax.scan`: XLA:CPU runs convolution backward inside a while
@@ -97,17 +112,18 @@ def make_train_fn(mesh, state: TrainState, *, steps_per_call: int, **step_kwargs
   """
   step = functools.partial(train_step, **step_kwargs)
 
-  def run(state, batches):
+  def run(state, batches, codec_params):
     history = []
     for i in range(steps_per_call):
-      state, metrics = step(state, jax.tree.map(lambda b: b[i], batches))
+      state, metrics = step(state, jax.tree.map(lambda b: b[i], batches), codec_params)
       history.append(metrics)
     return state, jax.tree.map(lambda *m: jnp.stack(m), *history)
 
   state_sharding = parallel.state_shardings(mesh, state)
   return jax.jit(
     run,
-    in_shardings=(state_sharding, parallel.stacked_batch_sharded(mesh)),
+    # None: the codec's frozen parameters stay where they were placed
+    in_shardings=(state_sharding, parallel.stacked_batch_sharded(mesh), None),
     out_shardings=(state_sharding, parallel.replicated(mesh)),
     donate_argnums=0,
   )

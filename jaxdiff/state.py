@@ -1,4 +1,5 @@
-"""The train state: step, parameters, EMA parameters, optimizer state and the run's RNG key."""
+"""The train state: step, parameters, EMA parameters, optimizer state, the run's RNG key, and the
+optional parts some runs add (the importance sampler's loss history, extra parameter sets)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from jaxdiff import importance
-from jaxdiff.models import UNet
+from jaxdiff import importance, models
 
 
 @flax.struct.dataclass
@@ -26,6 +26,10 @@ class TrainState:
   # importance sampling of t (diffusion.timestep_sampler); None, and absent from checkpoints,
   # under uniform sampling
   loss_history: importance.LossHistory | None = None
+  # parameter sets besides params/EMA that the objective asks for (a frozen teacher, a target
+  # network), by name; None, and absent from checkpoints, when it asks for none. They share the
+  # network's graph, are checkpointed and sharded like params, and get no gradient.
+  extra: dict[str, nnx.State] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,34 +45,6 @@ class ModelDef:
 
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def unet_kwargs(config: ml_collections.ConfigDict) -> dict:
-  """The U-Net's constructor arguments from a run config."""
-  m, d = config.model, config.data
-  if config.train.compute_dtype not in COMPUTE_DTYPES:
-    raise ValueError(
-      f"train.compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, "
-      f"got {config.train.compute_dtype!r}."
-    )
-  return dict(
-    in_channels=d.channels,
-    base_channels=m.base_channels,
-    channel_mult=tuple(m.channel_mult),
-    num_res_blocks=m.num_res_blocks,
-    attention_resolutions=tuple(m.attention_resolutions),
-    image_size=d.image_size,
-    num_heads=m.num_heads,
-    head_channels=m.head_channels,
-    dropout=m.dropout,
-    num_classes=d.num_classes if m.class_conditional else None,
-    learn_sigma=m.learn_sigma,
-    use_scale_shift_norm=m.use_scale_shift_norm,
-    resample_with_conv=m.resample_with_conv,
-    patch_size=m.patch_size,
-    remat=m.remat,
-    dtype=COMPUTE_DTYPES[config.train.compute_dtype],
-  )
 
 
 def lr_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -96,10 +72,20 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return optax.chain(*parts)
 
 
-def create(config: ml_collections.ConfigDict, tx: optax.GradientTransformation):
-  """A fresh model definition and train state from the config's seed."""
+def create(
+  config: ml_collections.ConfigDict,
+  tx: optax.GradientTransformation,
+  spec: models.NetworkSpec,
+  *,
+  init_extra=None,
+):
+  """A fresh model definition and train state from the config's seed.
+
+  The network is `config.model` built on `spec` (the diffusion space); `init_extra(params)`, when
+  given (by the objective), returns the extra parameter sets to keep beside params and EMA.
+  """
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
-  model = UNet(**unet_kwargs(config), rngs=nnx.Rngs(params=init_key, dropout=0))
+  model = models.build(config.model, spec, nnx.Rngs(params=init_key, dropout=0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   state = TrainState(
     step=jnp.zeros((), jnp.int32),
@@ -112,5 +98,6 @@ def create(config: ml_collections.ConfigDict, tx: optax.GradientTransformation):
     )
     if config.diffusion.timestep_sampler == "loss_second_moment"
     else None,
+    extra=init_extra(params) if init_extra is not None else None,
   )
   return ModelDef(graphdef, rest), state
