@@ -25,17 +25,19 @@ to the machine's cores, so keep --threads equal to them):
           leading spacing, x0 clipped, ᾱ_final = 1.
 Parity: one model call on x_T at DDIM's first timestep on each side, max |Δ| reported (whole DDIM
 trajectories of an untrained network amplify float32 rounding chaotically, so they are not
-compared). Compilation and warm-up are excluded: jaxdiff's programs are compiled ahead (compile
-seconds reported apart); that model call warms up sampling and one untimed train call warms up
-training. Then --rounds rounds alternate the two frameworks (who goes first alternates too), each
+compared). Compilation and warm-up are excluded: jaxdiff's sampler is compiled ahead and its
+train program in the untimed warm-up train call, after the sampling phase, as a process that only
+samples never compiles it (compile seconds reported apart); that model call warms up sampling. Then --rounds rounds alternate the two frameworks (who goes first alternates too), each
 in its own worker process, and medians over rounds are compared, so load from other jobs hits
 both alike. Still, PyTorch's OpenMP threads slow down far more than XLA's pool when other
 processes compete for the cores (a DDIM run took 5x longer on a loaded 2-core machine), so each
 timed call also measures the CPU other processes used meanwhile (/proc/stat minus the benchmark's
 own processes); a round in which they kept more than --max-other-cores busy is repeated (at most
 --rounds times), and the ratio line reports the other-process load of the rounds kept. Peak
-memory is each worker's peak RSS (VmHWM) over the sampling phase and over the training phase
-(reset in between where the kernel allows), the framework's own footprint included.
+memory is each worker's peak RSS (VmHWM) over the sampling phase and over the timed training
+rounds (reset before each where the kernel allows: after the warm-up train call, so the train
+compile's transient peak is not counted, though what the allocator kept of it is), the
+framework's own footprint included.
 
 Prints per config one JSON line per framework and one line of jaxdiff/PyTorch ratios: a
 throughput ratio > 1 means jaxdiff is faster, a memory ratio > 1 that it uses more. The jaxdiff
@@ -188,15 +190,21 @@ class JaxSide:
     start = time.perf_counter()
     self.sample_fn = jax.jit(sample).lower(params, x_T).compile()
     self.compile_sample_s = time.perf_counter() - start
+    # The train program is compiled on the first (untimed) train call, after the sampling phase:
+    # a sampling process (--mode=sample) never compiles it, so the compiler's memory for it must
+    # not count toward sampling's peak RSS.
+    self._train_call, self.train_fn, self.compile_train_s = train_call, None, None
+    self.sample_params = jax.tree.map(jnp.copy, params)
+    self.forward_fn = jax.jit(forward)
+
+  def _compile_train(self):
     start = time.perf_counter()
     self.train_fn = (
-      jax.jit(train_call, donate_argnums=(0, 1))
-      .lower(params, self.opt_state, self.x0, self.key)
+      self.jax.jit(self._train_call, donate_argnums=(0, 1))
+      .lower(self.params, self.opt_state, self.x0, self.key)
       .compile()
     )
     self.compile_train_s = time.perf_counter() - start
-    self.sample_params = jax.tree.map(jnp.copy, params)
-    self.forward_fn = jax.jit(forward)
 
   def setup_info(self) -> dict:
     from jaxdiff import cpu
@@ -213,6 +221,8 @@ class JaxSide:
     if steps % self.steps_per_call:
       raise ValueError(f"{steps} steps do not split into calls of {self.steps_per_call}.")
     jax = self.jax
+    if self.train_fn is None:
+      self._compile_train()
     start = time.perf_counter()
     for _ in range(steps // self.steps_per_call):
       key = jax.random.fold_in(self.key, self.calls)
@@ -257,6 +267,8 @@ def serve(make_side):
       answer = {"reset": reset_peak_rss()}
     elif op == "peak":
       answer = {"peak_rss_mb": peak_rss_mb()}
+    elif op == "info":
+      answer = side.setup_info()
     else:
       raise ValueError(f"unknown op {op!r}")
     out.write(json.dumps(answer) + "\n")
@@ -380,15 +392,15 @@ def compare(name: str, spec: dict, args, tmp: pathlib.Path) -> list[dict]:
   sample_s = sampled["seconds"]
   peaks = {side: {"sample": w.ask(op="peak")["peak_rss_mb"]} for side, w in workers.items()}
 
-  for w in workers.values():
-    w.ask(op="reset_peak")
   k = args.steps_per_call
   steps = -(-spec["train_steps"] // k) * k
   request = {"op": "train", "steps": steps}
   for w in workers.values():
-    w.ask(**request)  # warm-up
+    w.ask(**request)  # warm-up (and jaxdiff's train compile): before the peak is reset
+    w.ask(op="reset_peak")
   trained = alternate(workers, args.rounds, request, args.max_other_cores)
   train_s = trained["seconds"]
+  setup["jaxdiff"] = workers["jaxdiff"].ask(op="info")  # now with the train compile time
   for side, w in workers.items():
     peaks[side]["train"] = w.ask(op="peak")["peak_rss_mb"]
     w.close()
