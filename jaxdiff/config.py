@@ -44,6 +44,9 @@ def default_config(arch: str = "unet") -> ml_collections.ConfigDict:
   c.diffusion = f = ml_collections.ConfigDict()
   f.schedule = "linear"
   f.num_timesteps = 1000
+  # Lin et al. 2024: rescale β so that ᾱ_T = 0 (the last step is pure noise); needs v- or
+  # x0-prediction; pair with sample.spacing='trailing' and sample.guidance_rescale
+  f.rescale_zero_terminal_snr = False
   f.prediction = "epsilon"
   f.min_snr_gamma = 0.0  # >0: Min-SNR-γ loss weighting (Hang et al. 2023); 0: L_simple
   # 'mse' (L_simple), 'hybrid' (+ λ·L_vlb) or 'vlb' (L_vlb alone); the last two need learn_sigma
@@ -86,6 +89,7 @@ def default_config(arch: str = "unet") -> ml_collections.ConfigDict:
   s.num_samples = 100
   s.batch_size = 100
   s.guidance_scale = 1.0  # classifier-free guidance; 1 = the conditional model
+  s.guidance_rescale = 0.0  # φ of Lin et al. 2024 §3.4: guided output's std pulled to the cond's
   s.class_labels = ml_collections.config_dict.placeholder(tuple)  # None: cycle 0..num_classes-1
   s.grid_samples = 100  # images in the grids written during training
 
@@ -167,6 +171,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if objectives.OBJECTIVES[config.diffusion.loss].needs_learned_variance:
     if not config.model.learn_sigma:
       raise ValueError(f"diffusion.loss={config.diffusion.loss!r} needs model.learn_sigma=True.")
+  if config.diffusion.rescale_zero_terminal_snr and config.diffusion.prediction == "epsilon":
+    raise ValueError(
+      "diffusion.rescale_zero_terminal_snr=True makes ᾱ_T = 0, where an ε-prediction model "
+      "cannot be sampled; set diffusion.prediction=v (as Lin et al. do) or x0."
+    )
+  if not 0.0 <= config.sample.guidance_rescale <= 1.0:
+    raise ValueError(
+      f"sample.guidance_rescale must lie in [0, 1], got {config.sample.guidance_rescale}."
+    )
   if config.diffusion.loss_history_size < 1:
     raise ValueError(
       f"diffusion.loss_history_size must be at least 1, got {config.diffusion.loss_history_size}."

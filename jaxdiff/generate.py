@@ -79,6 +79,7 @@ def make_sample_fn(
         model,
         labels,
         guidance_scale=s.guidance_scale,
+        guidance_rescale=s.guidance_rescale,
         null_label=config.data.num_classes,
         num_guided_channels=spec.in_channels,
       )

@@ -115,7 +115,11 @@ def network_spec(config: ml_collections.ConfigDict, codec: codecs.Codec) -> mode
 
 def build(config: ml_collections.ConfigDict) -> Components:
   """The components of a run with this config, its state fresh from the config's seed."""
-  schedule = schedules.make(config.diffusion.schedule, config.diffusion.num_timesteps)
+  schedule = schedules.make(
+    config.diffusion.schedule,
+    config.diffusion.num_timesteps,
+    rescale_zero_terminal_snr=config.diffusion.rescale_zero_terminal_snr,
+  )
   codec = codecs.build(config)
   spec = network_spec(config, codec)
   objective = objectives.build(config, schedule)

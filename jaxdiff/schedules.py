@@ -51,6 +51,11 @@ class Schedule:
     return np.cumprod(self.alphas)
 
   @property
+  def zero_terminal_snr(self) -> bool:
+    """Whether the last ᾱ is exactly 0 (β = 1 there): x_T is pure noise (Lin et al. 2024)."""
+    return bool(self.alphas_cumprod[-1] == 0.0)
+
+  @property
   def alphas_cumprod_prev(self) -> np.ndarray:
     return np.append(1.0, self.alphas_cumprod[:-1])
 
@@ -119,15 +124,70 @@ def scaled_linear_betas(
 SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas, "scaled_linear": scaled_linear_betas}
 
 
+def zero_terminal_snr_betas(betas: np.ndarray) -> np.ndarray:
+  """Lin et al. (2024) Algorithm 1: the βs whose √ᾱ is the original √ᾱ shifted so the last is 0
+  and scaled so the first is unchanged (diffusers' `rescale_zero_terminal_snr`, in float64).
+
+  The last β is exactly 1, so the last ᾱ is exactly 0: the final step sees pure noise.
+  """
+  betas = np.asarray(betas, dtype=np.float64)
+  if betas.shape[0] < 2:
+    raise ValueError("a zero-terminal-SNR schedule needs at least 2 timesteps.")
+  sqrt_ab = np.sqrt(np.cumprod(1.0 - betas))
+  first, last = sqrt_ab[0], sqrt_ab[-1]
+  sqrt_ab = (sqrt_ab - last) * (first / (first - last))
+  alphas_cumprod = sqrt_ab**2
+  return 1.0 - np.append(alphas_cumprod[0], alphas_cumprod[1:] / alphas_cumprod[:-1])
+
+
+# What diffusers' σ-space and DPM schedulers (Euler, Euler-ancestral, DPM-Solver, UniPC) put in
+# place of ᾱ_T = 0, fp16's smallest subnormal: σ_T = √((1 − ᾱ)/ᾱ) = √(2²⁴ − 1) ≈ 4096 is finite.
+ZERO_SNR_ALPHA_CUMPROD = 2.0**-24
+
+
+def sigma_alphas_cumprod(schedule: Schedule) -> np.ndarray:
+  """ᾱ for a sampler that works in σ = √((1 − ᾱ)/ᾱ): the schedule's, except that a zero last ᾱ
+  (a zero-terminal-SNR schedule) becomes ZERO_SNR_ALPHA_CUMPROD, as in diffusers, so σ_T is finite.
+
+  That value can exceed the ᾱ before it (linear βs: ᾱ_{T−2} ≈ 4e-9), so σ is then not monotonic in
+  its last two entries; diffusers leaves it so, and so does this.
+  """
+  alphas_cumprod = schedule.alphas_cumprod
+  if schedule.zero_terminal_snr:
+    alphas_cumprod[-1] = ZERO_SNR_ALPHA_CUMPROD  # a fresh array: the property recomputes it
+  return alphas_cumprod
+
+
+def check_sampler_support(schedule: Schedule, *, prediction: str) -> None:
+  """ValueError when a model of this parameterization cannot be sampled on `schedule`.
+
+  At ᾱ_T = 0 the input is pure noise, so an ε-prediction model returns x_T itself and
+  x̂_0 = (x_T − √(1 − ᾱ_T) ε̂)/√ᾱ_T is 0/0; x_0- and v-prediction stay finite there.
+  """
+  if prediction == "epsilon" and schedule.zero_terminal_snr:
+    raise ValueError(
+      "ε-prediction cannot be sampled from ᾱ_T = 0 (a zero-terminal-SNR schedule), where "
+      "x̂_0 = (x_T − ε̂)/√ᾱ_T is 0/0; use v-prediction (diffusion.prediction=v) as Lin et al. do."
+    )
+
+
 def make(
-  name: str, num_timesteps: int = 1000, *, respacing: RespacingSpec | None = None, **kwargs
+  name: str,
+  num_timesteps: int = 1000,
+  *,
+  respacing: RespacingSpec | None = None,
+  rescale_zero_terminal_snr: bool = False,
+  **kwargs,
 ) -> Schedule:
-  """A schedule by name ('linear', 'cosine', 'scaled_linear'), optionally respaced."""
+  """A schedule by name ('linear', 'cosine', 'scaled_linear'), optionally rescaled to zero
+  terminal SNR (`zero_terminal_snr_betas`) and then respaced."""
   if name not in SCHEDULES:
     raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}.")
   if num_timesteps < 1:
     raise ValueError(f"num_timesteps must be positive, got {num_timesteps}.")
   betas = SCHEDULES[name](num_timesteps, **kwargs)
+  if rescale_zero_terminal_snr:
+    betas = zero_terminal_snr_betas(betas)
   schedule = Schedule(
     betas=betas, timesteps=np.arange(num_timesteps), num_train_timesteps=num_timesteps
   )

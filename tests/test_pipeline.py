@@ -100,9 +100,7 @@ def _patch_codec():
 
 def test_a_latent_codec_is_used_by_training_sampling_and_eval(tmp_path, data_dir, monkeypatch):  # noqa: F811
   monkeypatch.setitem(codecs.CODECS, "patches", lambda config: _patch_codec())
-  config = tiny_config(
-    data_dir, **{"codec.name": "patches", "train.num_steps": 2, "sample.clip_denoised": False}
-  )
+  config = tiny_config(data_dir, **{"codec.name": "patches", "train.num_steps": 2})
   run = run_lib.setup(config, tmp_path / "shapes")
   assert dataclasses.asdict(run.spec)["in_channels"] == 4 and run.spec.image_size == 8
   conv_in = run.state.params["conv_in"]["kernel"][...]

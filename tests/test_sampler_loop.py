@@ -113,12 +113,14 @@ def test_the_config_schema_and_choices_come_from_the_tables():
 
 def test_a_new_sampler_is_one_table_entry(monkeypatch):
   # x_0 = x_T / 2 after one model call at t = 0: a sampler nothing but its table entry knows
-  def halve(model_fn, schedule, x_T, *, key, prediction, num_steps):
+  def halve(model_fn, schedule, x_T, *, prediction, num_steps):
     return 0.5 * x_T + 0.0 * call_model(model_fn, x_T, 0)
 
   monkeypatch.setitem(table.SAMPLERS, "halve", table.Sampler(halve, ("num_steps",)))
   config = _digits_config()
   config.sample.sampler = "halve"
+  for name, option in table.OPTIONS.items():  # options 'halve' does not read stay at defaults
+    config.sample[name] = option.default
   config_lib.validate(config)
   parts = run_lib.build(config)
   mesh = parallel.make_mesh(1)
@@ -129,3 +131,83 @@ def test_a_new_sampler_is_one_table_entry(monkeypatch):
   images = fn(parts.state.ema_params, None, key, np.arange(4))
   x_T = jax.random.normal(jax.random.split(key)[0], (4, 16, 16, 1))
   np.testing.assert_allclose(images, 0.5 * x_T, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+  "name, options",
+  [
+    ("euler", {"spacing": "trailing", "use_karras_sigmas": True}),
+    ("heun", {"spacing": "linspace"}),
+    ("euler_ancestral", {"spacing": "leading"}),
+    ("dpm_solver", {"order": 3, "algorithm": "dpmsolver", "lower_order_final": False}),
+    ("dpm_solver", {"algorithm": "sde-dpmsolver++", "solver_type": "heun"}),
+    ("unipc", {"order": 3, "spacing": "trailing"}),
+  ],
+)
+def test_the_table_runs_each_sampler_with_the_configs_options(name, options):
+  # The entry must hand the sampler exactly the config's options: the same call made directly
+  # gives the same array.
+  config = config_lib.default_config()
+  config.sample.sampler = name
+  config.sample.num_steps = 6
+  for key, value in options.items():
+    config.sample[key] = value
+  config_lib.validate(config)
+  model_fn = lambda x, t: 0.9 * x + 0.01 * jnp.sin(t / 100.0)[:, None, None, None]
+  s = schedules.make("cosine", 1000)
+  x_T = jax.random.normal(jax.random.key(0), (2, 4, 4, 1))
+  key = jax.random.key(1)
+  got = table.run(name, model_fn, s, x_T, key=key, prediction="v", options=config.sample)
+  direct = getattr(samplers, name)
+  kwargs = {"key": key} if table.SAMPLERS[name].takes_key else {}
+  # jaxdiff's sample.spacing default ('leading', DDIM's) differs from dpm_solver's ('linspace')
+  options = {"spacing": config.sample.spacing, **options}
+  want = direct(model_fn, s, x_T, num_steps=6, prediction="v", **options, **kwargs)
+  np.testing.assert_array_equal(got, want)
+
+
+def test_options_a_sampler_does_not_read_are_refused():
+  config = config_lib.default_config()
+  config.sample.use_karras_sigmas = True  # DDIM has no σ grid
+  with pytest.raises(ValueError, match="use_karras_sigmas=True has no effect with sample.sampler"):
+    config_lib.validate(config)
+  config = config_lib.default_config()
+  config.sample.sampler = "dpm_solver"
+  config.sample.order = 4
+  with pytest.raises(ValueError, match=r"sample.order must be one of \[1, 2, 3\]"):
+    config_lib.validate(config)
+  config.sample.order = 2
+  config.sample.algorithm = "dpmsolver+++"
+  with pytest.raises(ValueError, match="sample.algorithm must be one of"):
+    config_lib.validate(config)
+
+
+def test_zero_terminal_snr_and_guidance_rescale_from_the_config():
+  config = _digits_config()
+  config.diffusion.rescale_zero_terminal_snr = True
+  config.diffusion.prediction = "epsilon"
+  with pytest.raises(ValueError, match="cannot be sampled; set diffusion.prediction=v"):
+    config_lib.validate(config)
+  config.diffusion.prediction = "v"
+  config.sample.sampler, config.sample.spacing, config.sample.num_steps = "euler", "trailing", 3
+  config.sample.guidance_rescale = 1.5
+  with pytest.raises(ValueError, match=r"sample.guidance_rescale must lie in \[0, 1\]"):
+    config_lib.validate(config)
+  config.sample.guidance_rescale = 0.7
+  config_lib.validate(config)
+  parts = run_lib.build(config)
+  assert parts.schedule.alphas_cumprod[-1] == 0.0  # the run's schedule is the rescaled one
+  fn = generate.make_sample_fn(
+    parts.model_def,
+    parts.schedule,
+    config,
+    parallel.make_mesh(1),
+    4,
+    codec=parts.codec,
+    spec=parts.spec,
+  )
+  leaves, tree = jax.tree.flatten(parts.state.ema_params)  # nonzero output layer
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = tree.unflatten([p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+  images = fn(params, None, jax.random.key(0), np.arange(4))
+  assert images.shape == (4, 16, 16, 1) and np.all(np.isfinite(images))

@@ -9,6 +9,8 @@ import pytest
 from numerics import relative_error
 
 from jaxdiff import samplers, schedules
+from jaxdiff.samplers.dpm_solver import dpm_solver_grid
+from jaxdiff.samplers.karras import sigma_timesteps
 
 REF = np.load(pathlib.Path(__file__).parent / "data" / "sampler_reference.npz")
 CASES = [str(c) for c in REF["cases"]]
@@ -80,6 +82,20 @@ def test_ddim_visits_diffusers_timesteps(name):
   )
   if spacing == "leading":
     assert 999 not in samplers.ddim_timesteps(1000, n, spacing)
+
+
+@pytest.mark.parametrize("n", [48, 61, 103, 998])
+def test_trailing_spacing_has_num_steps_steps(n):
+  # diffusers' np.round(np.arange(T, 0, −T/n)) − 1 has n + 1 entries for n = 61, 103, 998 (the last
+  # −1, which would index ᾱ[−1]); the first n are its grid, to the tie (n = 48 rounds 937.4999…
+  # down, where T − k·T/n would give 937.5 and round up).
+  diffusers_grid = (np.round(np.arange(1000, 0, -1000 / n)) - 1)[:n]
+  steps = samplers.ddim_timesteps(1000, n, "trailing")
+  assert steps.shape == (n,) and steps.min() >= 0 and steps[0] == 999
+  np.testing.assert_array_equal(steps, diffusers_grid)
+  np.testing.assert_array_equal(sigma_timesteps(1000, n, "trailing"), diffusers_grid)
+  dpm_steps, _ = dpm_solver_grid(schedules.make("linear"), n, spacing="trailing")
+  np.testing.assert_array_equal(dpm_steps, diffusers_grid)
 
 
 def point_mass_oracle(schedule, c):

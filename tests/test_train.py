@@ -356,7 +356,7 @@ def test_cli_train_then_sample_and_never_overwrite(tmp_path, data_dir):
   "flag, message",
   [
     ("--config.train.no_such_key=1", "no_such_key"),
-    ("--config.sample.sampler=euler", "sample.sampler must be one of"),
+    ("--config.sample.sampler=not_a_sampler", "sample.sampler must be one of"),
     ("--config.data.batch_size=12", "must be divisible"),
     ("--config.train.fsdp=3", "fsdp=3 must divide"),
     ("--coordinator_address=127.0.0.1:1234", "needs --num_processes and --process_id"),
@@ -399,6 +399,7 @@ def test_hybrid_loss_training_and_eval_mode(tmp_path, data_dir):
     **{
       "model.learn_sigma": True,
       "diffusion.loss": "hybrid",
+      "sample.sampler": "ddim",  # DDPM and DDIM use a learned variance
       "sample.variance": "learned_range",
       "train.num_steps": 2,
       "eval.num_timesteps": 3,
@@ -429,6 +430,7 @@ def test_importance_sampled_vlb_keeps_its_loss_history_across_a_resume(tmp_path,
     # 20 steps × history 2: 16 examples per step fill every history within the 8 steps
     "diffusion.num_timesteps": 20,
     "diffusion.loss_history_size": 2,
+    "sample.sampler": "ddim",  # DDPM and DDIM use a learned variance
     "sample.variance": "learned_range",
   }
   straight = tmp_path / "straight"

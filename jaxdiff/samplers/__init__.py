@@ -5,6 +5,20 @@
 
 from jaxdiff.samplers.ddim import ddim, ddim_timesteps
 from jaxdiff.samplers.ddpm import ddpm
+from jaxdiff.samplers.dpm_solver import dpm_solver
+from jaxdiff.samplers.karras import euler, euler_ancestral, heun
 from jaxdiff.samplers.table import OPTIONS, SAMPLERS
+from jaxdiff.samplers.unipc import unipc
 
-__all__ = ["OPTIONS", "SAMPLERS", "ddim", "ddim_timesteps", "ddpm"]
+__all__ = [
+  "OPTIONS",
+  "SAMPLERS",
+  "ddim",
+  "ddim_timesteps",
+  "ddpm",
+  "dpm_solver",
+  "euler",
+  "euler_ancestral",
+  "heun",
+  "unipc",
+]

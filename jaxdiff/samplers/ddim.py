@@ -9,9 +9,22 @@ import numpy as np
 
 from jaxdiff.diffusion import compute_dtype, split_output, step_variance, x0_and_eps_at
 from jaxdiff.samplers.loop import call_model, check_variance, run_steps
-from jaxdiff.schedules import Schedule
+from jaxdiff.schedules import Schedule, check_sampler_support
 
 SPACINGS = ("leading", "trailing", "linspace")
+
+
+def trailing_timesteps(num_train_timesteps: int, num_steps: int) -> np.ndarray:
+  """diffusers' 'trailing' grid, T − 1 down in steps of T/n (round(T − k·T/n) − 1, k = 0…n−1), as
+  float64: always n timesteps.
+
+  diffusers writes it np.round(np.arange(T, 0, −T/n)) − 1. That arange has n + 1 entries for some
+  n (61, 103, …), the last a timestep −1, so only its first n are kept; the arange itself is kept
+  because it accumulates the step differently from k·(T/n) and rounds some ties (T = 1000, n = 48:
+  937.4999…) the other way, and the grid must be diffusers' to the timestep.
+  """
+  T = num_train_timesteps
+  return np.round(np.arange(T, 0, -T / num_steps)[:num_steps]) - 1
 
 
 def ddim_timesteps(
@@ -19,15 +32,16 @@ def ddim_timesteps(
 ) -> np.ndarray:
   """The decreasing timesteps DDIM visits, by diffusers' three spacings.
 
-  'leading' (the DDIM paper's) is k·⌊T/n⌋ and never visits T−1; 'trailing' ends at T−1
-  (Lin et al. 2024 recommend it); 'linspace' rounds an even grid over [0, T−1].
+  'leading' (the DDIM paper's) is k·⌊T/n⌋ and never visits T−1; 'trailing' starts at T−1
+  (Lin et al. 2024 recommend it; see `trailing_timesteps`); 'linspace' rounds an even grid over
+  [0, T−1].
   """
   if not 1 <= num_steps <= num_train_timesteps:
     raise ValueError(f"num_steps must lie in [1, {num_train_timesteps}], got {num_steps}.")
   if spacing == "leading":
     steps = np.arange(num_steps) * (num_train_timesteps // num_steps) + steps_offset
   elif spacing == "trailing":
-    steps = np.round(np.arange(num_train_timesteps, 0, -num_train_timesteps / num_steps)) - 1
+    steps = trailing_timesteps(num_train_timesteps, num_steps)
   elif spacing == "linspace":
     steps = np.linspace(0, num_train_timesteps - 1, num_steps).round()
   else:
@@ -65,10 +79,16 @@ def ddim(
   is the step's posterior variance β̃'_t (the DDIM paper's and diffusers'), 'fixed_large' is β'_t,
   and 'learned_range' the model's interpolation v ∈ [−1, 1] between the two in log space (its
   channels C…2C, as in DDPM sampling) — jaxdiff's use of learned variances in DDIM; ADM's DDIM
-  drops them. The direction term's variance 1 − ᾱ_prev − σ² is floored at 0 (σ² > 1 − ᾱ_prev can
-  only happen for 'fixed_large'/'learned_range' with η near 1). At η = 0 all three are DDIM.
+  drops them. The direction term's variance 1 − ᾱ_prev − σ² is floored at 0 (σ² > 1 − ᾱ_prev
+  happens for 'fixed_large'/'learned_range' with η near 1, and by one rounding for 'fixed_small'
+  at η = 1 from ᾱ_t = 0, where diffusers' square root gives NaN). At η = 0 all three are DDIM.
+
+  A zero-terminal-SNR schedule (ᾱ_{T−1} = 0) is sampled as diffusers does, with no special case:
+  at ᾱ_t = 0, v-prediction gives x̂_0 = −v and ε̂ = x_t and x_0-prediction ε̂ = x_t, all finite
+  (β' = 1 and β̃' = 1 − ᾱ_prev there); ε-prediction is refused (`check_sampler_support`).
   """
   check_variance(variance)
+  check_sampler_support(schedule, prediction=prediction)
   if schedule.num_timesteps != schedule.num_train_timesteps:
     raise ValueError("ddim takes the full training schedule; it picks its own timesteps.")
   if not 0.0 <= eta <= 1.0:
@@ -96,9 +116,11 @@ def ddim(
     beta = 1 - a_t / a_prev
     small = (1 - a_prev) / (1 - a_t) * beta
     std = eta * jnp.sqrt(step_variance(variance, model_var, beta=beta, small=small))
-    direction = 1 - a_prev - std**2
-    if variance != "fixed_small":
-      direction = jnp.maximum(direction, 0.0)
+    # For 'fixed_small' this is (1 − ᾱ_prev)(1 − η² + η²·ᾱ_t(1 − ᾱ_prev)/(ᾱ_prev(1 − ᾱ_t))) ≥ 0,
+    # but exactly 0 at η = 1 and ᾱ_t = 0 (a zero-terminal-SNR schedule's first step), where
+    # σ² = √(1 − ᾱ_prev)² rounds above 1 − ᾱ_prev for about half of all step counts (a NaN
+    # below). The floor leaves every value ≥ 0 as it is.
+    direction = jnp.maximum(1 - a_prev - std**2, 0.0)
     x_prev = jnp.sqrt(a_prev) * x0 + jnp.sqrt(direction) * eps
     if eta > 0:
       x_prev = x_prev + std * z

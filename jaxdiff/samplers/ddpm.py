@@ -9,7 +9,7 @@ import numpy as np
 
 from jaxdiff.diffusion import compute_dtype, split_output, step_variance, x0_and_eps_at
 from jaxdiff.samplers.loop import call_model, check_variance, run_steps
-from jaxdiff.schedules import Schedule
+from jaxdiff.schedules import Schedule, check_sampler_support
 
 
 def ddpm(
@@ -36,6 +36,7 @@ def ddpm(
   last step; `noise[i]` (shape (num_steps, *x_T.shape)) replays draws, else `key` is used.
   """
   check_variance(variance)
+  check_sampler_support(schedule, prediction=prediction)
   dtype = compute_dtype(x_T)
   order = np.arange(schedule.num_timesteps - 1, -1, -1)
   alphas_cumprod = schedule.table("alphas_cumprod", dtype)

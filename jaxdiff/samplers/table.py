@@ -15,6 +15,10 @@ from jaxdiff import schedules
 from jaxdiff.diffusion import VARIANCES
 from jaxdiff.samplers.ddim import SPACINGS, ddim
 from jaxdiff.samplers.ddpm import ddpm
+from jaxdiff.samplers.dpm_solver import ALGORITHMS, ORDERS, SOLVER_TYPES, dpm_solver
+from jaxdiff.samplers.karras import euler, euler_ancestral, heun
+from jaxdiff.samplers.unipc import SOLVER_TYPES as UNIPC_SOLVER_TYPES
+from jaxdiff.samplers.unipc import unipc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +43,12 @@ OPTIONS: dict[str, Option] = {
     50, "DDIM steps; DDPM respaces to this many (ADM), T for the full chain", check=_positive
   ),
   "eta": Option(0.0, "DDIM's η: 0 deterministic, 1 DDPM-like", check=_unit_interval),
-  "spacing": Option("leading", "DDIM timestep spacing", choices=SPACINGS),
+  "spacing": Option(
+    "leading",
+    "timestep spacing of DDIM and the σ-space and multistep solvers ('leading' is DDIM's default; "
+    "diffusers' DPM-Solver defaults to 'linspace', its Euler/Heun to 'leading')",
+    choices=SPACINGS,
+  ),
   "variance": Option(
     "fixed_small",
     "σ² of DDPM steps and of η-scaled DDIM steps: 'fixed_small' (β̃), 'fixed_large' (β) or "
@@ -47,40 +56,84 @@ OPTIONS: dict[str, Option] = {
     choices=VARIANCES,
   ),
   "clip_denoised": Option(True, "clip the predicted x_0 to [-1, 1] (pixel space)"),
+  "use_karras_sigmas": Option(False, "the σ grid of Karras et al. 2022 (ρ = 7)"),
+  "order": Option(2, "the order of DPM-Solver and UniPC", choices=ORDERS),
+  "algorithm": Option("dpmsolver++", "DPM-Solver's algorithm", choices=ALGORITHMS),
+  "solver_type": Option("midpoint", "DPM-Solver's second-order update", choices=SOLVER_TYPES),
+  "lower_order_final": Option(True, "lower-order last steps, as diffusers decides them"),
+  "thresholding": Option(False, "dynamic thresholding of x̂_0 (Imagen), pixel space"),
+  "unipc_solver_type": Option("bh2", "UniPC's B(h)", choices=UNIPC_SOLVER_TYPES),
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Sampler:
-  """run(model_fn, schedule, x_T, *, key, prediction, **options) -> x_0, reading `options`."""
+  """run(model_fn, schedule, x_T, *, prediction, [key,] **options) -> x_0, reading `options`."""
 
   run: Callable
   options: tuple[str, ...]
+  takes_key: bool = False  # a stochastic sampler (or one with stochastic settings) gets `key=`
 
 
-def _run_ddpm(model_fn, schedule, x_T, *, key, prediction, num_steps, **options):
+def _ddpm(model_fn, schedule, x_T, *, num_steps, **options):
   # ADM: DDPM with fewer steps than the model was trained with samples a respaced schedule.
   if num_steps < schedule.num_timesteps:
     schedule = schedules.respace(schedule, f"{num_steps}")
-  return ddpm(model_fn, schedule, x_T, key=key, prediction=prediction, **options)
+  return ddpm(model_fn, schedule, x_T, **options)
 
 
-def _run_ddim(model_fn, schedule, x_T, *, key, prediction, **options):
-  return ddim(model_fn, schedule, x_T, key=key, prediction=prediction, **options)
+def _unipc(model_fn, schedule, x_T, *, unipc_solver_type, **options):
+  return unipc(model_fn, schedule, x_T, solver_type=unipc_solver_type, **options)
 
 
 SAMPLERS: dict[str, Sampler] = {
-  "ddim": Sampler(_run_ddim, ("num_steps", "eta", "spacing", "variance", "clip_denoised")),
-  "ddpm": Sampler(_run_ddpm, ("num_steps", "variance", "clip_denoised")),
+  "ddim": Sampler(ddim, ("num_steps", "eta", "spacing", "variance", "clip_denoised"), True),
+  "ddpm": Sampler(_ddpm, ("num_steps", "variance", "clip_denoised"), True),
+  "euler": Sampler(euler, ("num_steps", "spacing", "use_karras_sigmas")),
+  "heun": Sampler(heun, ("num_steps", "spacing", "use_karras_sigmas")),
+  "euler_ancestral": Sampler(euler_ancestral, ("num_steps", "spacing", "use_karras_sigmas"), True),
+  "dpm_solver": Sampler(
+    dpm_solver,
+    (
+      "num_steps",
+      "order",
+      "algorithm",
+      "solver_type",
+      "lower_order_final",
+      "spacing",
+      "use_karras_sigmas",
+      "thresholding",
+    ),
+    True,
+  ),
+  "unipc": Sampler(
+    _unipc,
+    (
+      "num_steps",
+      "order",
+      "unipc_solver_type",
+      "lower_order_final",
+      "spacing",
+      "use_karras_sigmas",
+    ),
+  ),
 }
 
 
 def check_options(name: str, values: Mapping[str, Any]) -> None:
-  """ValueError naming the first `sample.*` value the sampler `name` does not accept."""
+  """ValueError naming the first `sample.*` value the sampler `name` does not accept, or an option
+  it does not read set away from its default (it would be silently ignored)."""
   if name not in SAMPLERS:
     raise ValueError(f"sample.sampler must be one of {list(SAMPLERS)}, got {name!r}.")
-  for option in SAMPLERS[name].options:
-    spec, value = OPTIONS[option], values[option]
+  for option, spec in OPTIONS.items():
+    value = values[option]
+    if option not in SAMPLERS[name].options:
+      if value != spec.default:
+        raise ValueError(
+          f"sample.{option}={value!r} has no effect with sample.sampler={name!r}; samplers that "
+          f"read it: {[n for n, s in SAMPLERS.items() if option in s.options]}."
+        )
+      continue
     if spec.choices is not None and value not in spec.choices:
       raise ValueError(f"sample.{option} must be one of {list(spec.choices)}, got {value!r}.")
     problem = spec.check(value) if spec.check else None
@@ -92,4 +145,6 @@ def run(name: str, model_fn, schedule, x_T, *, key, prediction: str, options: Ma
   """Runs sampler `name` with the options it reads taken from `options` (e.g. config.sample)."""
   sampler = SAMPLERS[name]
   chosen = {option: options[option] for option in sampler.options}
-  return sampler.run(model_fn, schedule, x_T, key=key, prediction=prediction, **chosen)
+  if sampler.takes_key:
+    chosen["key"] = key
+  return sampler.run(model_fn, schedule, x_T, prediction=prediction, **chosen)
