@@ -1,5 +1,6 @@
 """Flax NNX networks and the table that builds them from a run's `model` section."""
 
+from jaxdiff.models.dit import DiT, DiTConfig
 from jaxdiff.models.table import (
   ARCHITECTURES,
   NetworkSpec,
@@ -12,6 +13,8 @@ from jaxdiff.models.unet import UNet, UNetConfig
 
 __all__ = [
   "ARCHITECTURES",
+  "DiT",
+  "DiTConfig",
   "NetworkSpec",
   "UNet",
   "UNetConfig",

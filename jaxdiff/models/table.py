@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdiff.models.dit import DiT, DiTConfig, build_dit
 from jaxdiff.models.unet import UNet, UNetConfig, build_unet
 
 
@@ -42,6 +43,7 @@ class Architecture:
 
 ARCHITECTURES: dict[str, Architecture] = {
   "unet": Architecture(UNet, UNetConfig, build_unet),
+  "dit": Architecture(DiT, DiTConfig, build_dit),
 }
 
 # model.* keys of every architecture, with their defaults.

@@ -1,0 +1,171 @@
+"""jaxdiff.models.DiT: the paper's parameter counts, parity with the original code, the table.
+
+Big models are built with nnx.eval_shape (shapes only, nothing compiled); the parity model is tiny.
+"""
+
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from test_train import data_dir  # noqa: F401 — data_dir is a fixture
+
+from jaxdiff import config as config_lib
+from jaxdiff import models, parallel
+from jaxdiff import run as run_lib
+from jaxdiff.convert.dit import load_dit_state_dict
+from jaxdiff.models.dit import DIT_PRESETS, DiT, DiTConfig, sincos_position_embedding
+from jaxdiff.train.step import make_train_fn
+
+DATA = pathlib.Path(__file__).resolve().parent / "data"
+
+# sum(p.numel() for p in model.parameters()) of facebookresearch/DiT models.py (commit ed81ce2)
+# for DiT_models[name](input_size=32, num_classes=1000) (learn_sigma, class_dropout_prob=0.1, so
+# 1001 label rows), counted with torch 2.14 + timm 1.0.31. The original's count includes its fixed
+# `pos_embed` (a Parameter with requires_grad=False; 256 tokens × hidden); jaxdiff recomputes that
+# embedding as a constant instead, so its trainable count is the original's minus 256 × hidden.
+# DiT-XL/2's 675,129,632 is the "675M" of the paper's Table 4 and Figure 1.
+ORIGINAL_COUNTS = {
+  "S": 32_963_360,
+  "B": 130_512_416,
+  "L": 458_102_816,
+  "XL": 675_129_632,
+}
+
+
+def _abstract_dit(**kwargs) -> DiT:
+  return nnx.eval_shape(lambda: DiT(**kwargs, rngs=nnx.Rngs(0)))
+
+
+def _num_params(model) -> int:
+  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+@pytest.mark.parametrize("size", list(DIT_PRESETS))
+def test_parameter_count_matches_the_original_minus_the_fixed_position_embedding(size):
+  preset = DIT_PRESETS[size]
+  model = _abstract_dit(
+    in_channels=4, image_size=32, patch_size=2, num_classes=1000, learn_sigma=True, **preset
+  )
+  assert _num_params(model) + 256 * preset["hidden_size"] == ORIGINAL_COUNTS[size]
+  if size == "XL":
+    assert _num_params(model) == 674_834_720  # trainable parameters of DiT-XL/2
+
+
+def test_xl_output_shape_and_dtype():
+  model = _abstract_dit(
+    in_channels=4, image_size=32, num_classes=1000, learn_sigma=True, dtype=jnp.bfloat16,
+    **DIT_PRESETS["XL"],
+  )  # fmt: skip
+  graphdef, state = nnx.split(model)
+  x = jax.ShapeDtypeStruct((2, 32, 32, 4), jnp.float32)
+  t = jax.ShapeDtypeStruct((2,), jnp.int32)
+  y = jax.ShapeDtypeStruct((2,), jnp.int32)
+  out = jax.eval_shape(lambda s, x, t, y: nnx.merge(graphdef, s)(x, t, y), state, x, t, y)
+  assert (out.shape, out.dtype) == ((2, 32, 32, 8), jnp.float32)
+
+
+def _reference():
+  with np.load(DATA / "dit_reference.npz") as f:
+    return {k: f[k] for k in f.files}
+
+
+def test_position_embedding_is_the_originals():
+  ref = _reference()
+  np.testing.assert_allclose(sincos_position_embedding(32, 4), ref["pos_embed"], atol=1e-7)
+
+
+def test_matches_the_original_implementation():
+  ref = _reference()
+  model = DiT(
+    in_channels=4, image_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=4,
+    num_classes=10, learn_sigma=True, rngs=nnx.Rngs(0),
+  )  # fmt: skip
+  tensors = {k.removeprefix("param/"): v for k, v in ref.items() if k.startswith("param/")}
+  load_dit_state_dict(model, tensors)
+  out = np.asarray(model(jnp.asarray(ref["x"]), jnp.asarray(ref["t"]), jnp.asarray(ref["y"])))
+  assert out.shape == (4, 8, 8, 8) and out.dtype == np.float32
+  # Both sides compute in float32 with the same weights; only summation order and the exp/erf/tanh
+  # implementations differ, which leaves ~1e-7 relative error per op, far below 1e-5. A
+  # mis-mapped weight, a transposed patch or a swapped sin/cos gives O(1).
+  error = np.linalg.norm(out - ref["out"]) / np.linalg.norm(ref["out"])
+  assert error <= 1e-5, error
+  print(f"relative error to the original: {error:.2e}")
+
+
+def test_converter_refuses_a_state_dict_of_another_shape():
+  ref = _reference()
+  tensors = {k.removeprefix("param/"): v for k, v in ref.items() if k.startswith("param/")}
+  model = DiT(
+    in_channels=4, image_size=8, hidden_size=32, depth=1, num_heads=4, num_classes=10,
+    learn_sigma=True, rngs=nnx.Rngs(0),
+  )  # fmt: skip
+  with pytest.raises(ValueError, match="no DiT parameter"):
+    load_dit_state_dict(model, tensors)
+
+
+def test_config_validation():
+  with pytest.raises(ValueError, match="multiple of model.num_heads"):
+    DiTConfig(hidden_size=30, num_heads=4)
+  with pytest.raises(ValueError, match="model.remat"):
+    DiTConfig(remat="some")
+
+
+def test_remat_gives_the_same_output():
+  kwargs = dict(in_channels=1, image_size=8, hidden_size=16, depth=1, num_heads=2, num_classes=3)
+  plain = DiT(**kwargs, rngs=nnx.Rngs(0))
+  remat = DiT(**kwargs, remat="full", rngs=nnx.Rngs(0))
+  # re-randomize the zero-initialized layers so the blocks do something
+  state = jax.tree.map(lambda p: p + 0.1, nnx.state(plain, nnx.Param))
+  nnx.update(plain, state)
+  nnx.update(remat, state)
+  x, t = jnp.ones((2, 8, 8, 1)), jnp.array([3, 700])
+
+  def loss(model):
+    return jnp.sum(jnp.square(model(x, t)))
+
+  np.testing.assert_allclose(nnx.grad(loss)(remat)["blocks"][0]["attn"]["qkv"]["kernel"][...],
+                             nnx.grad(loss)(plain)["blocks"][0]["attn"]["qkv"]["kernel"][...],
+                             rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def _digits_dit_config():
+  path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "digits_dit.py"
+  spec = importlib.util.spec_from_file_location("digits_dit", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_default_config_of_dit_has_only_its_own_model_keys():
+  config = config_lib.default_config(arch="dit")
+  assert set(config.model.keys()) == {*models.table.COMMON, *DiTConfig.__dataclass_fields__}
+  assert not {"base_channels", "channel_mult", "attention_resolutions"} & set(config.model)
+
+
+def test_through_the_table_untrained_output_is_zero_and_it_trains(data_dir):  # noqa: F811
+  config = _digits_dit_config()
+  config.data.data_dir = str(data_dir)
+  config.data.batch_size = 8
+  config.train.num_devices = 1
+  config.optim.warmup_steps = 0  # a first step with learning rate 0 would move nothing
+  config.model.update(hidden_size=16, depth=1, num_heads=2)
+  config_lib.validate(config)
+  parts = run_lib.build(config)
+  assert isinstance(parts.model_def.bind(parts.state.params), DiT)
+  d = config.data
+  rng = np.random.default_rng(0)
+  images = rng.uniform(-1, 1, (1, d.batch_size, d.image_size, d.image_size, 1)).astype("f4")
+  labels = rng.integers(0, 10, (1, d.batch_size)).astype(np.int32)
+  # adaLN-Zero: the zero-initialized final layer makes the untrained network output exactly zero
+  model = parts.model_def.bind(parts.state.params)
+  out = model(jnp.asarray(images[0]), jnp.arange(d.batch_size) * 100, jnp.asarray(labels[0]))
+  assert out.shape == images[0].shape and not np.any(np.asarray(out))
+  fn = make_train_fn(parallel.make_mesh(1), parts.state, steps_per_call=1, **parts.step_kwargs())
+  state, metrics = fn(parts.state, jax.device_put({"image": images, "label": labels}), None)
+  assert int(state.step) == 1 and np.isfinite(float(metrics["loss"][0]))
+  # one step moves the parameters that start at zero, so training can leave the zero output
+  assert np.any(np.asarray(state.params["final_layer"]["linear"]["kernel"][...]))
