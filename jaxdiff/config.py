@@ -13,6 +13,7 @@ import typing
 import ml_collections
 
 from jaxdiff import codecs, diffusion, models, objectives, samplers, schedules
+from jaxdiff.state import COMPUTE_DTYPES
 
 
 def default_config(arch: str = "unet") -> ml_collections.ConfigDict:
@@ -116,10 +117,11 @@ def model_section(arch: str) -> ml_collections.ConfigDict:
   `--config.model.num_heads=4` parses as an int.
   """
   m = ml_collections.ConfigDict({**models.table.COMMON, "arch": arch})
-  for field in dataclasses.fields(models.table.architecture(arch).config):
+  typed = models.table.architecture(arch).config
+  hints = typing.get_type_hints(typed)
+  for field in dataclasses.fields(typed):
     default = field.default
     if default is None:
-      hints = typing.get_type_hints(models.table.architecture(arch).config)
       kind = typing.get_args(hints[field.name])[0]  # X of `X | None`
       default = ml_collections.config_dict.placeholder(kind)
     m[field.name] = default
@@ -136,7 +138,7 @@ def choices() -> dict[str, tuple]:
     "diffusion.loss": tuple(objectives.OBJECTIVES),
     "diffusion.timestep_sampler": ("uniform", "loss_second_moment"),
     "optim.schedule": ("constant", "cosine"),
-    "train.compute_dtype": ("float32", "bfloat16"),
+    "train.compute_dtype": tuple(COMPUTE_DTYPES),
     "sample.sampler": tuple(samplers.SAMPLERS),
   }
 

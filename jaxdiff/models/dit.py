@@ -25,7 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxdiff.models.layers import REMAT_POLICIES, sinusoidal_embedding
+from jaxdiff.models.layers import (
+  REMAT_POLICIES,
+  check_remat,
+  label_embedding,
+  sinusoidal_embedding,
+)
 
 FREQUENCY_EMBEDDING_SIZE = 256
 LAYER_NORM_EPS = 1e-6
@@ -234,12 +239,11 @@ class DiT(nnx.Module):
     # a trace-time constant: fixed, so it is no parameter (never trained, saved or sharded)
     tokens = tokens + jnp.asarray(sincos_position_embedding(self.hidden_size, g))[None]
     c = self.t_embedder(t)
-    if self.y_embedder is not None:
-      if y is None:
-        y = jnp.full((batch,), self.num_classes, jnp.int32)
-      c = c + self.y_embedder(y)
-    elif y is not None:
-      raise ValueError("Labels y were given to a DiT built without num_classes.")
+    labels = label_embedding(
+      self.y_embedder, y, batch=batch, num_classes=self.num_classes, network="DiT"
+    )
+    if labels is not None:
+      c = c + labels
     for block in self.blocks:
       tokens = block(tokens, c)
     out = self.final_layer(tokens, c).astype(jnp.float32)
@@ -264,8 +268,7 @@ class DiTConfig:
   remat: str = ""
 
   def __post_init__(self):
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"model.remat must be one of {list(REMAT_POLICIES)}, got {self.remat!r}.")
+    check_remat(self.remat, key="model.remat")
     if self.hidden_size % self.num_heads or self.hidden_size % 4:
       raise ValueError(
         f"model.hidden_size ({self.hidden_size}) must be a multiple of model.num_heads "

@@ -104,9 +104,26 @@ REMAT_POLICIES = {
 }
 
 
-def check_remat(policy: str) -> None:
+def check_remat(policy: str, *, key: str = "remat") -> None:
+  """ValueError unless `policy` names a REMAT_POLICIES entry; `key` is what the message calls it
+  (the networks' config dataclasses pass 'model.remat')."""
   if policy not in REMAT_POLICIES:
-    raise ValueError(f"unknown remat policy {policy!r}; choose one of {list(REMAT_POLICIES)}.")
+    raise ValueError(f"{key} must be one of {list(REMAT_POLICIES)}, got {policy!r}.")
+
+
+def label_embedding(table: nnx.Embed | None, y, *, batch: int, num_classes: int | None, network):
+  """The class embedding to add to a network's time embedding, or None for an unconditional one.
+
+  Labels `num_classes` (also when `y` is None) are the null class of classifier-free guidance;
+  labels given to a network built without classes are a mistake, named in the error.
+  """
+  if table is None:
+    if y is not None:
+      raise ValueError(f"Labels y were given to a {network} built without num_classes.")
+    return None
+  if y is None:
+    y = jnp.full((batch,), num_classes, jnp.int32)
+  return table(y)
 
 
 def _call(module, forward, *args):

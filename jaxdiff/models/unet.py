@@ -14,14 +14,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxdiff.models.layers import (
-  REMAT_POLICIES,
   Attention,
   Downsample,
   ResBlock,
   TimestepMLP,
   Upsample,
+  check_remat,
   conv3x3,
   group_norm,
+  label_embedding,
   sinusoidal_embedding,
 )
 
@@ -291,12 +292,11 @@ class UNet(nnx.Module):
       t, self.base_channels, flip_sin_to_cos=self.flip_sin_to_cos, freq_shift=self.freq_shift
     )
     emb = self.time_embedding(temb.astype(self.dtype))
-    if self.class_embedding is not None:
-      if y is None:
-        y = jnp.full((batch,), self.num_classes, jnp.int32)
-      emb = emb + self.class_embedding(y)
-    elif y is not None:
-      raise ValueError("Labels y were given to a U-Net built without num_classes.")
+    labels = label_embedding(
+      self.class_embedding, y, batch=batch, num_classes=self.num_classes, network="U-Net"
+    )
+    if labels is not None:
+      emb = emb + labels
 
     h = self.conv_in(space_to_depth(x, self.patch_size).astype(self.dtype))
     skips = [h]
@@ -349,8 +349,7 @@ class UNetConfig:
   remat: str = ""
 
   def __post_init__(self):
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"model.remat must be one of {list(REMAT_POLICIES)}, got {self.remat!r}.")
+    check_remat(self.remat, key="model.remat")
 
 
 def build_unet(config: UNetConfig, spec, rngs: nnx.Rngs) -> UNet:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdiff.diffusion import compute_dtype, split_output, step_variance, x0_and_eps_at
-from jaxdiff.samplers.loop import call_model, check_variance, run_steps
+from jaxdiff.samplers.loop import call_model, check_full_schedule, check_variance, run_steps
 from jaxdiff.schedules import Schedule, check_sampler_support
 
 SPACINGS = ("leading", "trailing", "linspace")
@@ -89,8 +89,7 @@ def ddim(
   """
   check_variance(variance)
   check_sampler_support(schedule, prediction=prediction)
-  if schedule.num_timesteps != schedule.num_train_timesteps:
-    raise ValueError("ddim takes the full training schedule; it picks its own timesteps.")
+  check_full_schedule(schedule, "ddim")
   if not 0.0 <= eta <= 1.0:
     raise ValueError(f"eta must lie in [0, 1], got {eta}.")
   T = schedule.num_timesteps

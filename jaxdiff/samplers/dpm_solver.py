@@ -23,7 +23,7 @@ import numpy as np
 from jaxdiff import schedules
 from jaxdiff.diffusion import compute_dtype
 from jaxdiff.samplers.ddim import SPACINGS, trailing_timesteps
-from jaxdiff.samplers.loop import run_steps
+from jaxdiff.samplers.loop import check_choice, run_steps
 from jaxdiff.samplers.multistep import (
   FINAL_SIGMAS,
   ORDERS,  # noqa: F401  (the sampler table reads the orders from here)
@@ -34,7 +34,6 @@ from jaxdiff.samplers.multistep import (
   predict,
 )
 from jaxdiff.samplers.sigmas import (
-  check_choice,
   check_num_steps,
   karras_sigmas,
   sigma_to_t,

@@ -23,10 +23,8 @@ import numpy as np
 
 from jaxdiff.diffusion import compute_dtype, split_output
 from jaxdiff.samplers.ddim import SPACINGS, trailing_timesteps
-from jaxdiff.samplers.loop import call_model, run_steps
+from jaxdiff.samplers.loop import call_model, check_choice, check_full_schedule, run_steps
 from jaxdiff.samplers.sigmas import (
-  check_choice,
-  check_full_schedule,
   check_num_steps,
   check_prediction,
   karras_sigmas,

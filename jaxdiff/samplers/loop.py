@@ -16,9 +16,22 @@ import jax.numpy as jnp
 from jaxdiff.diffusion import VARIANCES
 
 
+def check_choice(option: str, value, choices) -> None:
+  """ValueError naming `option` unless `value` is one of `choices`."""
+  if value not in choices:
+    raise ValueError(f"unknown {option} {value!r}; choose one of {choices}.")
+
+
 def check_variance(variance: str) -> None:
-  if variance not in VARIANCES:
-    raise ValueError(f"unknown variance {variance!r}; choose one of {VARIANCES}.")
+  check_choice("variance", variance, VARIANCES)
+
+
+def check_full_schedule(schedule, sampler: str) -> None:
+  """Samplers that pick their own timesteps from the training schedule (DDIM, the σ-space and
+  multistep solvers) refuse a respaced one (ADM's sub-sequence): it has lost the steps they
+  choose from."""
+  if schedule.num_timesteps != schedule.num_train_timesteps:
+    raise ValueError(f"{sampler} takes the full training schedule; it picks its own timesteps.")
 
 
 def check_x_T(x_T) -> None:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff.samplers.loop import call_model
-from jaxdiff.samplers.sigmas import check_choice, check_full_schedule, check_order, check_prediction
+from jaxdiff.samplers.loop import call_model, check_choice, check_full_schedule
+from jaxdiff.samplers.sigmas import check_order, check_prediction
 from jaxdiff.schedules import Schedule
 
 ORDERS = (1, 2, 3)

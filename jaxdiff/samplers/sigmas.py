@@ -1,5 +1,6 @@
 """What the σ-space samplers (`karras`, `dpm_solver`, `unipc`) share: the training σ table, Karras
-σ, the fractional timestep of a σ, and the checks of the options they have in common.
+σ, the fractional timestep of a σ, and the checks of the options they have in common (the checks
+every sampler shares are in `loop`).
 
 σ = √((1 − ᾱ)/ᾱ) is the noise level of x_t/√ᾱ; it grows with t, so its logarithm indexes the
 training steps. All of it is NumPy float64: the grids are picked before the loop, whatever the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxdiff.diffusion import PREDICTIONS
+from jaxdiff.samplers.loop import check_choice
 from jaxdiff.schedules import Schedule, check_sampler_support, sigma_alphas_cumprod
 
 KARRAS_RHO = 7.0  # Karras et al. 2022's ρ; diffusers fixes it too
@@ -43,12 +45,6 @@ def karras_sigmas(sigma_max: float, sigma_min: float, num_steps: int) -> np.ndar
   return (hi + ramp * (lo - hi)) ** KARRAS_RHO
 
 
-def check_choice(option: str, value, choices) -> None:
-  """ValueError naming `option` unless `value` is one of `choices`."""
-  if value not in choices:
-    raise ValueError(f"unknown {option} {value!r}; choose one of {choices}.")
-
-
 def check_prediction(schedule: Schedule, prediction: str) -> None:
   """A known parameterization, and one that `schedule` can be sampled with (ε-prediction cannot
   be on a zero-terminal-SNR schedule: `schedules.check_sampler_support`)."""
@@ -68,10 +64,3 @@ def check_num_steps(num_steps: int, num_train_timesteps: int) -> None:
     raise TypeError(f"num_steps must be an integer, got {num_steps!r}.")
   if not 1 <= num_steps <= num_train_timesteps:
     raise ValueError(f"num_steps must lie in [1, {num_train_timesteps}], got {num_steps}.")
-
-
-def check_full_schedule(schedule: Schedule, sampler: str) -> None:
-  """The σ-space samplers pick their own grid from the training schedule: a respaced one (ADM's
-  sub-sequence) has lost the steps they choose from."""
-  if schedule.num_timesteps != schedule.num_train_timesteps:
-    raise ValueError(f"{sampler} takes the full training schedule; it picks its own timesteps.")

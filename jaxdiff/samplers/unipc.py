@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxdiff.diffusion import compute_dtype
 from jaxdiff.samplers.dpm_solver import dpm_solver_grid
-from jaxdiff.samplers.loop import run_steps
+from jaxdiff.samplers.loop import check_choice, run_steps
 from jaxdiff.samplers.multistep import (
   FINAL_SIGMAS,
   alpha_sigma,
@@ -33,7 +33,7 @@ from jaxdiff.samplers.multistep import (
   per_step_tables,
   predict,
 )
-from jaxdiff.samplers.sigmas import check_choice, check_num_steps, sigma_to_t, train_sigmas
+from jaxdiff.samplers.sigmas import check_num_steps, sigma_to_t, train_sigmas
 from jaxdiff.schedules import Schedule
 
 SOLVER_TYPES = ("bh1", "bh2")
