@@ -1,16 +1,25 @@
-"""jaxdiff's U-Net against diffusers' `UNet2DModel` in PyTorch, on the same CPU in one run.
+"""jaxdiff's U-Net and DiT against diffusers' in PyTorch, on the same CPU in one run.
 
     pip install torch --index-url https://download.pytorch.org/whl/cpu diffusers   # any interpreter
     python benchmarks/compare_pytorch.py --torch-python=/path/to/python-with-torch [--quick]
+    python benchmarks/compare_pytorch.py --torch-python=... --configs=dit-s2     # the DiT alone
 
 Both frameworks run the very same network: diffusers builds a `UNet2DModel` and saves its initial
 weights, and jaxdiff loads them with `jaxdiff.convert.load_diffusers_unet` (so the parameter counts
-agree by construction, and are checked). Two layouts (CONFIGS below):
+agree by construction, and are checked); or diffusers builds a `DiTTransformer2DModel`, whose
+blocks then share block 0's timestep and label embedder (diffusers gives each block a copy; the
+original DiT, like jaxdiff, has one) with label dropout off (neither lean step below drops
+labels), and exports its weights in facebookresearch/DiT's layout for
+`jaxdiff.convert.dit.load_dit_state_dict` (diffusers' timestep shift 1 and MLP LayerNorm eps 1e-5
+set on jaxdiff's side). Three layouts (CONFIGS below):
   small    16×16×1, block_out_channels (32, 64, 64), 2 res blocks per level, attention at 8×8 and in
            the 4×4 mid block, 8-channel heads: the 1.6M-parameter digits model of
            benchmarks/digits_vs_diffusers.py without its class embedding.
   cifar10  google/ddpm-cifar10-32: 32×32×3, (128, 256, 256, 256), 2 res blocks, attention at 16×16
            (one head), downsample padding 0, freq_shift 1; 35.7M parameters.
+  dit-s2   DiT-S/2 (Peebles & Xie) on 32×32×4 latents, 1000 classes, learned variance (8 output
+           channels): 12 blocks of 384 wide, 6 heads, 256 tokens; 32.9M parameters. Both sides
+           condition on the same fixed random labels and take ε from the first 4 channels.
 
 What is timed, float32, each framework with --threads intra-op threads (XLA:CPU's pool is sized
 to the machine's cores, so keep --threads equal to them):
@@ -57,20 +66,21 @@ import argparse
 import json
 import os
 import pathlib
-import re
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 HERE = pathlib.Path(__file__).resolve().parent
 TORCH_WORKER = HERE / "compare_pytorch_torch.py"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+JAX_WORKER = HERE / "compare_pytorch_jax.py"
+sys.path.insert(0, str(HERE))
+from workers import Worker, alternate, median_ratio  # noqa: E402
 
 CONFIGS = {
   "small": {
+    "network": "unet",
     "config": {
       "sample_size": 16,
       "in_channels": 1,
@@ -85,6 +95,7 @@ CONFIGS = {
     "train_steps": 4,
   },
   "cifar10": {
+    "network": "unet",
     "config": {
       "sample_size": 32,
       "in_channels": 3,
@@ -103,266 +114,53 @@ CONFIGS = {
     "sample_batch": 4,
     "train_steps": 2,
   },
+  "dit-s2": {
+    "network": "dit",
+    "config": {  # DiTTransformer2DModel's arguments
+      "num_attention_heads": 6,
+      "attention_head_dim": 64,
+      "in_channels": 4,
+      "out_channels": 8,
+      "num_layers": 12,
+      "sample_size": 32,
+      "patch_size": 2,
+      "num_embeds_ada_norm": 1000,
+      "norm_eps": 1e-5,
+    },
+    "train_batch": 8,
+    "sample_batch": 8,
+    "train_steps": 2,
+  },
 }
 
 
-def peak_rss_mb() -> float:
-  with open("/proc/self/status") as f:
-    return int(re.search(r"VmHWM:\s+(\d+)", f.read())[1]) / 1024
-
-
-def reset_peak_rss() -> bool:
-  try:
-    with open("/proc/self/clear_refs", "w") as f:
-      f.write("5")
-    return True
-  except OSError:
-    return False
-
-
-def jax_programs(model, *, steps_per_call: int, sample_steps: int):
-  """(params, tx, train_call, sample, model_def) for a jaxdiff U-Net: train_call(params, opt_state, x0, key)
-  runs `steps_per_call` unrolled ε-MSE Adam steps (as jaxdiff.train.step.make_train_fn does) and
-  returns (params, opt_state, loss); sample(params, x_T) is DDIM with `sample_steps` steps."""
-  import jax
-  import optax
-  from flax import nnx
-
-  from jaxdiff import diffusion, schedules
-  from jaxdiff.samplers import ddim
-  from jaxdiff.state import ModelDef
-
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  model_def = ModelDef(graphdef, rest)
-  schedule = schedules.make("linear", 1000)
-  tx = optax.adam(1e-4)
-
-  def train_call(params, opt_state, x0, key):
-    for i in range(steps_per_call):
-      step_key = jax.random.fold_in(key, i)
-
-      def loss_fn(p, step_key=step_key):
-        return diffusion.mse_loss(step_key, model_def.bind(p), x0, schedule=schedule)[0]
-
-      loss, grads = jax.value_and_grad(loss_fn)(params)
-      updates, opt_state = tx.update(grads, opt_state, params)
-      params = optax.apply_updates(params, updates)
-    return params, opt_state, loss
-
-  def sample(params, x_T):
-    bound = model_def.bind(params)
-    return ddim(lambda x, t: bound(x, t), schedule, x_T, num_steps=sample_steps)
-
-  return params, tx, train_call, sample, model_def
-
-
-class JaxSide:
-  """The jaxdiff worker: the U-Net loaded from diffusers' saved weights, its train and DDIM
-  programs compiled ahead of time."""
-
-  def __init__(self, spec: dict):
-    import jax
-    import jax.numpy as jnp
-
-    from jaxdiff.convert import load_diffusers_unet
-
-    self.jax = jax
-    k = spec["steps_per_call"]
-    params, tx, train_call, sample, model_def = jax_programs(
-      load_diffusers_unet(spec["weights_dir"]), steps_per_call=k, sample_steps=spec["sample_steps"]
-    )
-
-    def forward(params, x, t):
-      return model_def.bind(params)(x, t)
-
-    size, channels = spec["config"]["sample_size"], spec["config"]["in_channels"]
-    self.params = params
-    self.opt_state = tx.init(params)
-    self.x0 = jax.random.uniform(
-      jax.random.key(spec["seed"]), (spec["train_batch"], size, size, channels), jnp.float32, -1, 1
-    )
-    self.key = jax.random.key(spec["seed"] + 1)
-    self.calls = 0
-    self.steps_per_call = k
-    self.num_params = int(sum(x.size for x in jax.tree.leaves(params)))
-    x_T = jax.ShapeDtypeStruct((spec["sample_batch"], size, size, channels), jnp.float32)
-
-    start = time.perf_counter()
-    self.sample_fn = jax.jit(sample).lower(params, x_T).compile()
-    self.compile_sample_s = time.perf_counter() - start
-    # The train program is compiled on the first (untimed) train call, after the sampling phase:
-    # a sampling process (--mode=sample) never compiles it, so the compiler's memory for it must
-    # not count toward sampling's peak RSS.
-    self._train_call, self.train_fn, self.compile_train_s = train_call, None, None
-    self.sample_params = jax.tree.map(jnp.copy, params)
-    self.forward_fn = jax.jit(forward)
-
-  def _compile_train(self):
-    start = time.perf_counter()
-    self.train_fn = (
-      self.jax.jit(self._train_call, donate_argnums=(0, 1))
-      .lower(self.params, self.opt_state, self.x0, self.key)
-      .compile()
-    )
-    self.compile_train_s = time.perf_counter() - start
-
-  def setup_info(self) -> dict:
-    from jaxdiff import cpu
-
-    return {
-      "params": self.num_params,
-      "compile_train_s": self.compile_train_s,
-      "compile_sample_s": self.compile_sample_s,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),  # as apply_xla_flags left them
-      "cpu_fast_paths": cpu.status(),
-    }
-
-  def train(self, steps: int) -> float:
-    if steps % self.steps_per_call:
-      raise ValueError(f"{steps} steps do not split into calls of {self.steps_per_call}.")
-    jax = self.jax
-    if self.train_fn is None:
-      self._compile_train()
-    start = time.perf_counter()
-    for _ in range(steps // self.steps_per_call):
-      key = jax.random.fold_in(self.key, self.calls)
-      self.params, self.opt_state, loss = self.train_fn(self.params, self.opt_state, self.x0, key)
-      self.calls += 1
-    jax.block_until_ready(loss)
-    return time.perf_counter() - start
-
-  def forward(self, x: np.ndarray, t: int) -> np.ndarray:
-    t = np.full((len(x),), t, np.int32)
-    return np.asarray(self.forward_fn(self.sample_params, x, t))
-
-  def sample(self, x_T: np.ndarray) -> tuple[float, np.ndarray]:
-    x_T = self.jax.device_put(x_T)
-    start = time.perf_counter()
-    x0 = self.jax.block_until_ready(self.sample_fn(self.sample_params, x_T))
-    return time.perf_counter() - start, np.asarray(x0)
-
-
-def serve(make_side):
-  """Answers JSON requests from stdin on stdout, for either worker (the protocol is described in
-  compare_pytorch_torch.py); make_side(setup request) builds a JaxSide or TorchSide."""
-  out = sys.stdout
-  sys.stdout = sys.stderr
-  side = None
-  for line in sys.stdin:
-    request = json.loads(line)
-    op = request["op"]
-    if op == "setup":
-      side = make_side(request)
-      answer = side.setup_info()
-    elif op == "train":
-      answer = {"seconds": side.train(request["steps"])}
-    elif op == "forward":
-      np.save(request["out"], side.forward(np.load(request["x"]), request["t"]))
-      answer = {}
-    elif op == "sample":
-      seconds, x0 = side.sample(np.load(request["x_T"]))
-      np.save(request["out"], x0)
-      answer = {"seconds": seconds}
-    elif op == "reset_peak":
-      answer = {"reset": reset_peak_rss()}
-    elif op == "peak":
-      answer = {"peak_rss_mb": peak_rss_mb()}
-    elif op == "info":
-      answer = side.setup_info()
-    else:
-      raise ValueError(f"unknown op {op!r}")
-    out.write(json.dumps(answer) + "\n")
-    out.flush()
-
-
-class Worker:
-  """A worker process spoken to one JSON line at a time."""
-
-  def __init__(self, name: str, command: list, env: dict | None = None):
-    self.name = name
-    self.proc = subprocess.Popen(
-      command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-    )
-
-  def ask(self, **request) -> dict:
-    self.proc.stdin.write(json.dumps(request) + "\n")
-    self.proc.stdin.flush()
-    line = self.proc.stdout.readline()
-    if not line:
-      sys.exit(f"error: the {self.name} worker died (exit code {self.proc.wait()}); see above.")
-    return json.loads(line)
-
-  def close(self):
-    self.proc.stdin.close()
-    self.proc.wait()
-
-
-def busy_cpu_seconds() -> float:
-  """CPU seconds the whole machine has spent busy (any process), from /proc/stat."""
-  with open("/proc/stat") as f:
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
-  return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
-
-
-def process_cpu_seconds(pid: int) -> float:
-  with open(f"/proc/{pid}/stat") as f:
-    fields = f.read().rsplit(")", 1)[1].split()
-  return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime, all threads
-
-
-def timed(workers: dict, name: str, request: dict) -> tuple[float, float]:
-  """Runs a timed request on one worker: (its seconds, cores other processes kept busy meanwhile,
-  i.e. machine-wide busy CPU time minus this benchmark's own, per second of wall-clock)."""
-  ours = [os.getpid()] + [w.proc.pid for w in workers.values()]
-  busy, mine, start = busy_cpu_seconds(), sum(map(process_cpu_seconds, ours)), time.perf_counter()
-  seconds = workers[name].ask(**request)["seconds"]
-  wall = time.perf_counter() - start
-  others = busy_cpu_seconds() - busy - (sum(map(process_cpu_seconds, ours)) - mine)
-  return seconds, max(others, 0.0) / wall
-
-
-def alternate(workers: dict, rounds: int, request: dict, max_other_cores: float) -> dict:
-  """Times `request` on every worker, rotating who goes first, until `rounds` rounds ran with
-  other processes below `max_other_cores` (at most `rounds` rounds are repeated; if too few are
-  clean, all are kept). {"seconds": {name: [...]}, "other_cores": [...], "repeated": n}."""
-  names, kept, rejected = list(workers), [], []
-  for r in range(2 * rounds):
-    order = names[r % len(names) :] + names[: r % len(names)]
-    results = {name: timed(workers, name, request) for name in order}
-    other = max(o for _, o in results.values())
-    (kept if other <= max_other_cores else rejected).append((results, other))
-    if len(kept) == rounds:
-      break
-  if len(kept) < rounds:
-    print(f"warning: other processes kept the CPU busy in {len(rejected)} rounds.", file=sys.stderr)
-    kept += rejected
-  return {
-    "seconds": {name: [res[name][0] for res, _ in kept] for name in names},
-    "other_cores": [round(other, 2) for _, other in kept],
-    "repeated": len(rejected),
-  }
-
-
-def median_ratio(numerator: list, denominator: list) -> float:
-  return float(np.median(numerator) / np.median(denominator))
+def fixed_labels(spec: dict, batch: int, seed: int) -> list | None:
+  """The class labels both sides condition on (None for an unconditional network)."""
+  num_classes = spec["config"].get("num_embeds_ada_norm") if spec["network"] == "dit" else None
+  if num_classes is None:
+    return None
+  return np.random.default_rng(seed).integers(0, num_classes, batch).tolist()
 
 
 def compare(name: str, spec: dict, args, tmp: pathlib.Path) -> list[dict]:
   """Runs one config on both workers; its JSON lines (PyTorch, jaxdiff, ratios)."""
   common = {
+    "network": spec["network"],
     "config": spec["config"],
+    "train_labels": fixed_labels(spec, spec["train_batch"], args.seed + 2),
+    "sample_labels": fixed_labels(spec, spec["sample_batch"], args.seed + 3),
     "train_batch": spec["train_batch"],
     "sample_batch": spec["sample_batch"],
     "sample_steps": args.sample_steps,
     "threads": args.threads,
     "seed": args.seed,
-    "weights_dir": str(tmp / f"{name}_unet"),
+    "weights_dir": str(tmp / name),
   }
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
   workers = {
     "pytorch": Worker("PyTorch", [args.torch_python, str(TORCH_WORKER)]),
-    "jaxdiff": Worker("jaxdiff", [sys.executable, __file__, "--worker"], env=env),
+    "jaxdiff": Worker("jaxdiff", [sys.executable, str(JAX_WORKER)], env=env),
   }
   # PyTorch first: it saves the initial weights that jaxdiff loads.
   setup = {"pytorch": workers["pytorch"].ask(op="setup", **common)}
@@ -480,14 +278,7 @@ def main():
     default=0.25,
     help="a round during which other processes kept more cores busy is repeated (once per round)",
   )
-  parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
-  if args.worker:
-    from jaxdiff import cpu
-
-    cpu.apply_xla_flags()  # before JaxSide creates JAX's backend
-    serve(JaxSide)
-    return
   if args.quick:
     args.rounds = 1
   unknown = sorted(set(args.configs.split(",")) - set(CONFIGS))

@@ -2,7 +2,8 @@
 
     python benchmarks/digits_quality.py SAMPLES.npz    # prints one JSON line
 
-The npz is jaxdiff's sample format: arr_0 uint8 images (N, 16, 16, 1) or (N, 16, 16), optionally
+The npz is jaxdiff's sample format: arr_0 uint8 images (N, 16, 16, 1) or (N, 16, 16) (32×32 ones,
+as latent diffusion on the digits draws, are averaged 2×2 down to 16×16 first), optionally
 arr_1 the class labels that were asked for. Needs only NumPy, SciPy and scikit-learn.
 
 What it measures. A classifier (scikit-learn MLP, one hidden layer of 64 ReLU units, fixed seed)
@@ -74,8 +75,13 @@ def as_inputs(images):
   images = np.asarray(images)
   if images.ndim == 4 and images.shape[-1] == 1:
     images = images[..., 0]
+  if images.shape[1:] == (32, 32):
+    # 32×32 digits (latent diffusion's data.image_size=32): 2×2 means back to the 16×16 grid
+    images = np.round(images.reshape(-1, 16, 2, 16, 2).mean(axis=(2, 4)))
   if images.shape[1:] != (16, 16):
-    raise ValueError(f"expected images of shape (N, 16, 16[, 1]), got {images.shape}.")
+    raise ValueError(
+      f"expected images of shape (N, 16, 16[, 1]) or (N, 32, 32[, 1]), got {images.shape}."
+    )
   return images.reshape(len(images), -1).astype(np.float64) / 255.0
 
 

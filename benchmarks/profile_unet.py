@@ -34,7 +34,8 @@ from jaxdiff import cpu
 cpu.apply_xla_flags()  # first: the XLA:CPU flag must precede JAX's backend
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from compare_pytorch import CONFIGS, jax_programs  # noqa: E402
+from compare_pytorch import CONFIGS  # noqa: E402
+from compare_pytorch_jax import jax_programs  # noqa: E402
 
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.+?) ([\w\-]+)\(")
@@ -121,7 +122,8 @@ def build(name: str, what: str, steps_per_call: int, sample_steps: int):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default="small", choices=sorted(CONFIGS))
+  unets = sorted(name for name, c in CONFIGS.items() if c["network"] == "unet")
+  parser.add_argument("--config", default="small", choices=unets)
   parser.add_argument("--what", default="train", choices=["train", "sample"])
   parser.add_argument("--steps-per-call", type=int, default=1)
   parser.add_argument("--sample-steps", type=int, default=10)

@@ -111,6 +111,26 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(self.directory, options=self._options)
 
 
+def read_latest(directory, abstract_state):
+  """(step, state) of the newest checkpoint in another run's `directory`, or None when it holds
+  none. Read-only: that run's checkpoints are not this one's to move aside or rotate, so a
+  checkpoint that cannot be read raises instead. Orbax commits a step's folder by renaming it to
+  the step number, so the numbered folders are the finished checkpoints."""
+  directory = pathlib.Path(directory).absolute()
+  steps = (
+    sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+    if directory.is_dir()
+    else []
+  )
+  if not steps:
+    return None
+  with ocp.StandardCheckpointer() as reader:
+    state = reader.restore(directory / str(steps[-1]) / "state", _fields(abstract_state))
+  if dataclasses.is_dataclass(abstract_state):
+    state = dataclasses.replace(abstract_state, **state)
+  return steps[-1], state
+
+
 def _fields(tree):
   """A dataclass as a dict of its fields that are not None; any other tree as it is."""
   if not dataclasses.is_dataclass(tree):

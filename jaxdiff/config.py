@@ -12,7 +12,7 @@ import typing
 
 import ml_collections
 
-from jaxdiff import codecs, diffusion, models, objectives, samplers, schedules
+from jaxdiff import codecs, models, objectives, preconditioning, samplers, schedules
 from jaxdiff.state import COMPUTE_DTYPES
 
 
@@ -40,7 +40,23 @@ def default_config(arch: str = "unet") -> ml_collections.ConfigDict:
 
   # between data space and diffusion space (codecs.py): 'identity' diffuses pixels
   c.codec = ml_collections.ConfigDict()
-  c.codec.name = "identity"
+  c.codec.name = "identity"  # or 'autoencoder': latent diffusion (Rombach et al. 2022)
+
+  # the autoencoder codec: the network whose latents are diffused (read when codec.name='autoencoder')
+  c.autoencoder = a = ml_collections.ConfigDict()
+  a.path = (
+    ""  # a jaxdiff autoencoder workdir, or a folder of `python -m jaxdiff.convert diffusers-vae`
+  )
+  # latents = (z − shift)·scale_factor, z ~ q(z|x); None: the autoencoder's own (a converted SD
+  # VAE's 0.18215), else 1/std of the training latents, measured once and stored in the workdir
+  a.scale_factor = ml_collections.config_dict.placeholder(float)
+  a.sample_posterior = True  # z drawn from q(z|x) each step (LDM, DiT); False: its mean
+
+  # the autoencoder objective (diffusion.loss='autoencoder', model.arch='autoencoder')
+  c.vae = v = ml_collections.ConfigDict()
+  v.reconstruction = "l2"  # 'l2': Gaussian decoder (the ELBO); 'l1': Laplace (LDM's choice)
+  v.decoder_std = 0.1  # σ_x of the decoder N(x̂, σ_x²), in [-1, 1] pixel units
+  v.kl_weight = 1.0  # β; 1: the loss is the negative ELBO
 
   c.diffusion = f = ml_collections.ConfigDict()
   f.schedule = "linear"
@@ -57,6 +73,35 @@ def default_config(arch: str = "unet") -> ml_collections.ConfigDict:
   # per step (improved DDPM §3.3, for L_vlb); the history is kept in the checkpoints
   f.timestep_sampler = "uniform"
   f.loss_history_size = 10
+
+  # consistency models (diffusion.loss='consistency_distillation', 'consistency_training' or
+  # 'improved_consistency_training'; objectives/consistency.py). Pairs of adjacent points of a
+  # Karras grid from σ_min = 0.002 (the boundary of f, shared with the sampler) to sigma_max.
+  c.consistency = cm = ml_collections.ConfigDict()
+  cm.num_scales = 18  # CD's N grid points (Song et al. 2023: 18 on CIFAR-10, 40 on ImageNet 64)
+  cm.start_scales = 0  # s0 of CT's and iCT's N(k); 0: the paper's (CT 2, iCT 10)
+  cm.end_scales = 0  # s1 of N(k); 0: the paper's (CT 150, iCT 1280)
+  cm.target_ema = 0.95  # μ of CD's target network, μ0 of CT's μ(k); iCT has no target network
+  cm.distance = "pseudo_huber"  # 'l2', 'l1' or 'pseudo_huber' (iCT's; LPIPS is not bundled)
+  cm.huber_c = 0.0  # c of the pseudo-Huber distance; 0: 0.00054·√d, d the data's dimension
+  # λ(σ_n): 'uniform' or 'inverse_gap' 1/(σ_{n+1} − σ_n); '': the paper's (iCT's inverse_gap,
+  # else uniform)
+  cm.weighting = ""
+  # CD's teacher ODE step σ_{n+1} → σ_n: 'euler', 'heun' (the paper's) or 'ddim' (the same point
+  # as Euler for a discrete teacher)
+  cm.teacher_solver = "heun"
+  # CD: classifier-free guidance of the teacher, folded into the student's targets (latent
+  # consistency models); sample the student with sample.guidance_scale=1 then. 1: off
+  cm.teacher_guidance = 1.0
+  cm.sigma_max = 80.0  # the consistency sampler's default σ's start at 80: set sample.sigmas too
+  cm.rho = 7.0
+  cm.p_mean = -1.1  # iCT's lognormal over the grid's pairs
+  cm.p_std = 2.0
+
+  # CD's teacher: a jaxdiff run's workdir with the student's network, data shape and prediction;
+  # a fresh distillation reads its config.json and newest EMA parameters (a resumed one does not)
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.workdir = ""
 
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 2e-4
@@ -91,6 +136,10 @@ def default_config(arch: str = "unet") -> ml_collections.ConfigDict:
   s.batch_size = 100
   s.guidance_scale = 1.0  # classifier-free guidance; 1 = the conditional model
   s.guidance_rescale = 0.0  # φ of Lin et al. 2024 §3.4: guided output's std pulled to the cond's
+  # channels of the prediction that guidance mixes: 0 = all of them (the standard choice); the DiT
+  # paper's released sample.py guides only the first 3 of the 4 latent channels ("for exact
+  # reproducibility"), which is guided_channels=3. A learned variance is never guided.
+  s.guided_channels = 0
   s.class_labels = ml_collections.config_dict.placeholder(tuple)  # None: cycle 0..num_classes-1
   s.grid_samples = 100  # images in the grids written during training
 
@@ -134,7 +183,7 @@ def choices() -> dict[str, tuple]:
     "model.arch": tuple(models.ARCHITECTURES),
     "codec.name": tuple(codecs.CODECS),
     "diffusion.schedule": tuple(schedules.SCHEDULES),
-    "diffusion.prediction": diffusion.PREDICTIONS,
+    "diffusion.prediction": preconditioning.STUDENT_PREDICTIONS,
     "diffusion.loss": tuple(objectives.OBJECTIVES),
     "diffusion.timestep_sampler": ("uniform", "loss_second_moment"),
     "optim.schedule": ("constant", "cosine"),
@@ -151,6 +200,30 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if value not in allowed:
       raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}.")
   models.table.typed_config(config.model)  # model.arch's keys, checked by its config dataclass
+  network, objective = (
+    models.architecture(config.model.arch),
+    objectives.OBJECTIVES[config.diffusion.loss],
+  )
+  if network.denoiser != objective.trains_denoiser:
+    raise ValueError(
+      f"diffusion.loss={config.diffusion.loss!r} cannot train model.arch={config.model.arch!r}: "
+      + (
+        "a denoiser needs a diffusion loss (mse, hybrid, vlb, …)."
+        if network.denoiser
+        else "this network has its own objective (an autoencoder: diffusion.loss='autoencoder')."
+      )
+    )
+  if objective.check is not None:
+    objective.check(config)
+  if config.diffusion.prediction not in objective.predictions:
+    prediction = config.diffusion.prediction
+    able = [n for n, e in objectives.OBJECTIVES.items() if prediction in e.predictions]
+    raise ValueError(
+      f"diffusion.loss={config.diffusion.loss!r} does not train diffusion.prediction="
+      f"{config.diffusion.prediction!r}; use diffusion.loss in {able} or diffusion.prediction in "
+      f"{list(objective.predictions)}."
+    )
+  samplers.table.check_prediction(config.sample.sampler, config.diffusion.prediction)
   samplers.table.check_options(config.sample.sampler, config.sample)
   positive = (
     "data.batch_size",
@@ -181,6 +254,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0.0 <= config.sample.guidance_rescale <= 1.0:
     raise ValueError(
       f"sample.guidance_rescale must lie in [0, 1], got {config.sample.guidance_rescale}."
+    )
+  if config.sample.guided_channels < 0:
+    raise ValueError(
+      f"sample.guided_channels must be ≥ 0 (0 = all), got {config.sample.guided_channels}."
     )
   if config.diffusion.loss_history_size < 1:
     raise ValueError(

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxdiff import generate, likelihood, metrics, parallel
+from jaxdiff import generate, likelihood, metrics, objectives, parallel
 from jaxdiff.run import RunError, make_dataset, restore_for_inference, setup
 
 
@@ -52,9 +52,14 @@ def _bits_per_dim(config, run, state) -> dict:
   variance = "learned_range" if config.model.learn_sigma else config.sample.variance
   prediction = config.diffusion.prediction
 
+  own_bound = objectives.OBJECTIVES[config.diffusion.loss].bound  # e.g. the autoencoder's ELBO
+  own_bound = own_bound(config, run.schedule) if own_bound is not None else None
+
   def batch_bpd(params, images, labels, key):
     model = run.model_def.bind(params)
     model.eval()
+    if own_bound is not None:
+      return own_bound(model, images, labels, key)
     model_fn = lambda x, t: model(x, t, labels)
     if e.num_timesteps:
       return likelihood.bits_per_dim_estimate(
@@ -100,7 +105,8 @@ def _bits_per_dim(config, run, state) -> dict:
     "eval_bpd": float(bpd.mean()),
     "eval_bpd_stderr": float(bpd.std() / np.sqrt(len(bpd))),
     "eval_examples": int(len(bpd)),
-    "eval_timesteps": int(e.num_timesteps or run.schedule.num_timesteps),
+    "eval_timesteps": None if own_bound else int(e.num_timesteps or run.schedule.num_timesteps),
+    "eval_bound": config.diffusion.loss if own_bound else "diffusion",
     "eval_split": d.eval_split,
     "eval_conditional": bool(config.model.class_conditional),
   }

@@ -66,10 +66,19 @@ def make_sample_fn(
       f"{mesh.devices.size} devices; change sample.batch_size."
     )
   shape = (batch_size, spec.image_size, spec.image_size, spec.in_channels)
+  if s.guided_channels > spec.in_channels:
+    raise ValueError(
+      f"sample.guided_channels={s.guided_channels} exceeds the {spec.in_channels} channels the "
+      "network predicts; use 0 (all) or fewer."
+    )
+
+  arch = models.architecture(config.model.arch)
 
   def sample(params, codec_params, key, labels):
     model = model_def.bind(params)
     model.eval()
+    if not arch.denoiser:  # a network that samples by itself (the autoencoder's prior)
+      return arch.generate(model, key, batch_size, config.data.image_size)
     if labels is None:
       model_fn = lambda x, t: model(x, t)
     elif s.guidance_scale == 1.0:
@@ -81,7 +90,7 @@ def make_sample_fn(
         guidance_scale=s.guidance_scale,
         guidance_rescale=s.guidance_rescale,
         null_label=config.data.num_classes,
-        num_guided_channels=spec.in_channels,
+        num_guided_channels=s.guided_channels or spec.in_channels,
       )
     noise_key, sampler_key = jax.random.split(key)
     x_T = jax.lax.with_sharding_constraint(

@@ -1,4 +1,5 @@
-"""Command line: python -m jaxdiff.main --config=configs/X.py --workdir=DIR --mode=train|sample|eval.
+"""Command line: python -m jaxdiff.main --config=configs/X.py --workdir=DIR --mode=train|sample|eval,
+or --mode=describe (no workdir: the network's parameters and Gflops, from shapes alone).
 
 Overrides: --config.train.num_steps=2000 (an unknown key is an error). Errors a user can cause
 end in one sentence on stderr and exit code 1; checkpoints are never touched by an error.
@@ -143,13 +144,14 @@ def _define_config_flag():
 
 _define_config_flag()
 flags.DEFINE_string(
-  "workdir", None, "Directory for checkpoints, metrics and samples.", required=True
+  "workdir", None, "Directory for checkpoints, metrics and samples (not used by describe)."
 )
 flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "sample", "eval"],
-  "train (resumes from the newest checkpoint), sample or eval (bits/dim; both from EMA params).",
+  ["train", "sample", "eval", "describe"],
+  "train (resumes from the newest checkpoint), sample or eval (bits/dim; both from EMA params), "
+  "or describe: the network's parameters and forward Gflops, without data, checkpoint or weights.",
 )
 flags.DEFINE_string(
   "coordinator_address",
@@ -166,8 +168,12 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.mode != "describe" and FLAGS.workdir is None:
+    _fail(
+      f"--mode={FLAGS.mode} needs --workdir: the run's directory, e.g. --workdir=workdir/digits"
+    )
   # Imported here so that --help and flag errors answer without loading JAX and Orbax.
-  from jaxdiff import evaluation, parallel, sampling
+  from jaxdiff import describe, evaluation, parallel, sampling
   from jaxdiff.checkpoint import CheckpointError
   from jaxdiff.data import DatasetNotPreparedError
   from jaxdiff.train import loop
@@ -178,6 +184,9 @@ def main(argv):
   config = FLAGS.config
   user_errors = (RunError, CheckpointError, DatasetNotPreparedError, ValueError)
   try:
+    if FLAGS.mode == "describe":  # one process, no devices used: nothing to coordinate
+      describe.report(config)
+      return
     parallel.initialize_distributed(
       FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
     )

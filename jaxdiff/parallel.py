@@ -2,8 +2,10 @@
 
 The mesh has two axes, `data` × `fsdp`. The batch is split over both. Parameters, their EMA and
 the optimizer state are split along `fsdp` (fully sharded data parallelism, ZeRO-3 style): each
-array's dimensions get logical names from what the array is (a convolution kernel, a dense
-kernel, an embedding table, a vector), and `LOGICAL_AXIS_RULES` maps logical names to mesh axes.
+array's dimensions get logical names, and `LOGICAL_AXIS_RULES` maps logical names to mesh axes.
+A network may name them on its parameters (`nnx.Param` metadata `logical_axes`, e.g. the DiT's
+("embed", "mlp")); otherwise they follow from what the array is (a convolution kernel, a dense
+kernel, an embedding table, a vector).
 XLA's SPMD partitioner then gathers each layer's weights where they are used and reduce-scatters
 their gradients, so a model larger than one device's memory trains. With fsdp = 1 (the default)
 everything is replicated and this is plain data parallelism.
@@ -18,6 +20,7 @@ import os
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA = "data"
@@ -25,8 +28,13 @@ FSDP = "fsdp"
 BATCH = (DATA, FSDP)  # the batch dimension is split over every device
 
 # logical axis → mesh axis, first match wins per array: the output channels of every layer are
-# split over `fsdp`; where they do not divide evenly, the input channels are tried instead.
+# split over `fsdp`; where they do not divide evenly, the input channels are tried instead. A
+# transformer's attention heads and MLP width are split before its embedding width (Megatron's
+# choice: q/k/v and fc1 by output, the attention output and fc2 by input).
 LOGICAL_AXIS_RULES = (
+  ("heads", FSDP),
+  ("mlp", FSDP),
+  ("embed", FSDP),
   ("channels_out", FSDP),
   ("channels_in", FSDP),
   ("vocab", None),
@@ -113,11 +121,13 @@ def logical_axes(path, shape) -> tuple[str | None, ...]:
   return (None,) * len(shape)
 
 
-def spec_for(path, shape, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> P:
-  """The PartitionSpec of one array under `rules`: one dimension split over one mesh axis."""
+def spec_for(path, shape, mesh: Mesh, rules=LOGICAL_AXIS_RULES, *, axes=None) -> P:
+  """The PartitionSpec of one array under `rules`: one dimension split over one mesh axis.
+  `axes` are the array's logical names when its parameter states them, else they are derived."""
   if int(np.prod(shape, dtype=np.int64)) < MIN_SHARDED_SIZE:
     return P()
-  axes = logical_axes(path, shape)
+  if axes is None or len(axes) != len(shape):
+    axes = logical_axes(path, shape)
   for logical, mesh_axis in rules:
     if mesh_axis is None or mesh.shape[mesh_axis] == 1:
       continue
@@ -130,9 +140,23 @@ def spec_for(path, shape, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> P:
 
 
 def state_shardings(mesh: Mesh, tree, rules=LOGICAL_AXIS_RULES):
-  """NamedShardings for every array of a train state (params, EMA, optimizer state, …)."""
+  """NamedShardings for every array of a train state (params, EMA, optimizer state, …).
+
+  Parameter metadata travels with the optimizer's moments (optax maps over the same `nnx.Param`
+  variables), so Adam's μ and ν of a weight are split as the weight is."""
+  named = {
+    path: variable.get_metadata().get("logical_axes")
+    for path, variable in jax.tree_util.tree_leaves_with_path(
+      tree, is_leaf=lambda x: isinstance(x, nnx.Variable)
+    )
+    if isinstance(variable, nnx.Variable)
+  }
+  # a variable's array sits one step below it in the tree (its `.value`)
   return jax.tree_util.tree_map_with_path(
-    lambda path, x: NamedSharding(mesh, spec_for(path, np.shape(x), mesh, rules)), tree
+    lambda path, x: NamedSharding(
+      mesh, spec_for(path, np.shape(x), mesh, rules, axes=named.get(path[:-1]))
+    ),
+    tree,
   )
 
 

@@ -12,10 +12,11 @@ import pathlib
 
 import jax
 import ml_collections
+import numpy as np
 
 from jaxdiff import codecs, data, models, objectives, parallel, schedules
 from jaxdiff import state as state_lib
-from jaxdiff.checkpoint import Checkpointer, abstract
+from jaxdiff.checkpoint import Checkpointer, abstract, read_latest
 from jaxdiff.config import default_config, validate
 
 
@@ -75,8 +76,7 @@ def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDi
   """
   path = workdir / "config.json"
   if not path.exists():
-    path.write_text(config.to_json(indent=2))
-    return
+    return  # a new run: config.json is written once the run is built (nothing before an error)
   saved = _flatten(json.loads(path.read_text()))
   new = _flatten(config.to_dict())
   default = _flatten(default_config(arch=config.model.arch).to_dict())
@@ -113,30 +113,157 @@ def network_spec(config: ml_collections.ConfigDict, codec: codecs.Codec) -> mode
   )
 
 
-def build(config: ml_collections.ConfigDict) -> Components:
-  """The components of a run with this config, its state fresh from the config's seed."""
+def build(config: ml_collections.ConfigDict, *, teacher=None) -> Components:
+  """The components of a run with this config, its state fresh from the config's seed.
+
+  An objective that distils (`ObjectiveEntry.needs_teacher`) starts from `teacher`, the parameters
+  `read_teacher` returns; without them its state has the right shapes only, to restore into.
+  """
   schedule = schedules.make(
     config.diffusion.schedule,
     config.diffusion.num_timesteps,
     rescale_zero_terminal_snr=config.diffusion.rescale_zero_terminal_snr,
   )
   codec = codecs.build(config)
+  if codec.calibrate is not None:  # e.g. a latent scale measured on the training images
+    codec = codec.calibrate(_calibration_images(config))
   spec = network_spec(config, codec)
-  objective = objectives.build(config, schedule)
+  objective = objectives.build(config, schedule, teacher=teacher)
   tx = state_lib.make_optimizer(config)
-  model_def, state = state_lib.create(config, tx, spec, init_extra=objective.init_extra)
+  model_def, state = state_lib.create(
+    config, tx, spec, init_extra=objective.init_extra, init_params=objective.init_params
+  )
   return Components(config, schedule, codec, spec, objective, tx, model_def, state)
 
 
+def _calibration_images(config: ml_collections.ConfigDict, count: int = 512) -> np.ndarray:
+  """The first `count` training images in file order (no shuffle, no flip): deterministic, so a
+  rebuilt run measures the same."""
+  dataset = make_dataset(
+    config, config.data.split, shuffle=False, num_epochs=1, batch_size=count,
+    drop_remainder=False, random_flip=False,
+  )  # fmt: skip
+  return next(iter(dataset))["image"]
+
+
+def _check_codec(workdir: pathlib.Path, codec: codecs.Codec) -> None:
+  """Stores what the run's latents depend on (workdir/codec.json) or refuses a codec that changed:
+  another autoencoder at the same path, or another latent scale, would silently corrupt a run."""
+  if not codec.info:
+    return
+  path = workdir / "codec.json"
+  if not path.exists():
+    if jax.process_index() == 0:
+      path.write_text(json.dumps(codec.info, indent=2))
+    return
+  saved = json.loads(path.read_text())
+  for key, value in codec.info.items():
+    if key != "autoencoder" and saved.get(key) != value:
+      raise RunError(
+        f"the codec's {key} is {value!r} but the run in {workdir} was made with "
+        f"{saved.get(key)!r} ({path}): use the autoencoder the run started with, or a new --workdir."
+      )
+
+
+# What a teacher shares with its student: the network (whose weights the student starts from), the
+# data and latent space, and the discrete diffusion through which the student's f reads its network.
+_TEACHER_FIXED = (
+  "model.arch",
+  "model",
+  "codec",
+  "autoencoder",
+  "data.image_size",
+  "data.channels",
+  "data.num_classes",
+  "diffusion.schedule",
+  "diffusion.num_timesteps",
+  "diffusion.rescale_zero_terminal_snr",
+  "diffusion.prediction",
+)
+
+
+def saved_config(workdir) -> ml_collections.ConfigDict:
+  """A workdir's config.json as a config; options newer than the file keep their defaults."""
+  saved = json.loads((pathlib.Path(workdir) / "config.json").read_text())
+  config = default_config(arch=saved.get("model", {}).get("arch", "unet"))
+
+  def update(node, values):
+    for key, value in values.items():
+      if key not in node:
+        continue  # an option this jaxdiff no longer has
+      if isinstance(value, dict):
+        update(node[key], value)
+      else:
+        node[key] = tuple(value) if isinstance(value, list) else value
+
+  update(config, saved)
+  return config
+
+
+def read_teacher(config: ml_collections.ConfigDict):
+  """The EMA parameters of the newest checkpoint in `teacher.workdir`, a run with this run's
+  network, data shape and diffusion (`_TEACHER_FIXED`); RunError in one sentence otherwise."""
+  if not config.teacher.workdir:
+    raise RunError(
+      f"diffusion.loss={config.diffusion.loss!r} distils a teacher: set "
+      "--config.teacher.workdir to the workdir of a trained jaxdiff run."
+    )
+  workdir = pathlib.Path(config.teacher.workdir).expanduser()
+  path = workdir / "config.json"
+  if not path.is_file():
+    raise RunError(
+      f"teacher.workdir={workdir} holds no jaxdiff run (no config.json); train the teacher "
+      "there first or correct --config.teacher.workdir."
+    )
+  teacher_config = saved_config(workdir)
+  theirs, ours = _flatten(teacher_config.to_dict()), _flatten(config.to_dict())
+  for fixed in _TEACHER_FIXED:
+    for key in sorted(k for k in ours if k == fixed or k.startswith(fixed + ".")):
+      if theirs.get(key) != ours[key]:
+        raise RunError(
+          f"the teacher in {workdir} has {key}={theirs.get(key)!r} but this run has "
+          f"{ours[key]!r}; distil with the teacher's settings or name another teacher.workdir."
+        )
+  abstract_state = abstract(build(teacher_config).state)
+  try:
+    read = read_latest(workdir / "checkpoints", abstract_state)
+  except Exception as e:  # whatever the reason, the teacher cannot be used
+    raise RunError(
+      f"the teacher's newest checkpoint in {workdir / 'checkpoints'} cannot be read "
+      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); check the teacher run."
+    ) from e
+  if read is None:
+    raise RunError(
+      f"the teacher in {workdir} has no checkpoint yet; train it first (--mode=train "
+      f"--workdir={workdir})."
+    )
+  return read[1].ema_params
+
+
+def _has_checkpoints(workdir: pathlib.Path) -> bool:
+  directory = workdir / "checkpoints"
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
 def setup(config: ml_collections.ConfigDict, workdir) -> Run:
-  """Validates the config, checks it against the workdir's, and builds the run on its mesh."""
+  """Validates the config, checks it against the workdir's, and builds the run on its mesh.
+
+  A distillation's teacher is read (and checked) only when the workdir has no checkpoint yet: a
+  resumed run, or sampling, restores the teacher's copy in the checkpoint instead.
+  """
   validate(config)
   enable_compilation_cache(config)
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  teacher = None
+  if objectives.OBJECTIVES[config.diffusion.loss].needs_teacher and not _has_checkpoints(workdir):
+    teacher = read_teacher(config)
   _check_workdir_config(workdir, config)
   mesh = parallel.make_mesh(config.train.num_devices, fsdp=config.train.fsdp)
-  parts = build(config)
+  parts = build(config, teacher=teacher)
+  workdir.mkdir(parents=True, exist_ok=True)
+  if not (workdir / "config.json").exists():
+    (workdir / "config.json").write_text(config.to_json(indent=2))
+  _check_codec(workdir, parts.codec)
   state = jax.device_put(parts.state, parallel.state_shardings(mesh, parts.state))
   checkpointer = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
   fields = {f.name: getattr(parts, f.name) for f in dataclasses.fields(Components)}

@@ -78,15 +78,20 @@ def create(
   spec: models.NetworkSpec,
   *,
   init_extra=None,
+  init_params=None,
 ):
   """A fresh model definition and train state from the config's seed.
 
-  The network is `config.model` built on `spec` (the diffusion space); `init_extra(params)`, when
-  given (by the objective), returns the extra parameter sets to keep beside params and EMA.
+  The network is `config.model` built on `spec` (the diffusion space). The objective may give
+  `init_params(params)`, the parameters to start from in place of the random ones (EMA and
+  optimizer state start from them too), and `init_extra(params)`, the extra parameter sets to keep
+  beside params and EMA, made from the starting parameters.
   """
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
   model = models.build(config.model, spec, nnx.Rngs(params=init_key, dropout=0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  if init_params is not None:
+    params = init_params(params)
   state = TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,

@@ -12,12 +12,12 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "jaxdiff"
 # Lowest first. A module may import from its own layer and any earlier one.
 LAYERS = [
   ["cpu"],
-  ["schedules", "diffusion", "likelihood", "guidance", "importance", "samplers"],
-  ["models", "codecs", "objectives", "metrics", "parallel", "checkpoint", "data"],
-  ["config", "state", "convert"],
+  ["schedules", "diffusion", "likelihood", "guidance", "importance", "preconditioning", "samplers"],
+  ["models", "objectives", "metrics", "parallel", "checkpoint", "data"],
+  ["config", "state", "convert", "codecs"],
   ["run"],
   ["generate"],
-  ["sampling", "evaluation", "train"],
+  ["sampling", "evaluation", "describe", "train"],
   ["main"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

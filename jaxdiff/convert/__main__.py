@@ -1,9 +1,13 @@
-"""Command line: `python -m jaxdiff.convert diffusers-unet SRC DST` or `pytorch-fid-inception SRC DST`.
+"""Command line: `python -m jaxdiff.convert COMMAND SRC DST`, one COMMAND per source format.
 
-diffusers-unet converts the diffusers UNet2DModel folder SRC into DST (unet_config.json + an Orbax
-checkpoint of the parameters), readable with `jaxdiff.convert.load_converted(DST)`.
+diffusers-unet converts the diffusers UNet2DModel folder SRC into DST (network_config.json + an
+Orbax checkpoint of the parameters), readable with `jaxdiff.convert.load_converted(DST)`.
+diffusers-dit (a DiTTransformer2DModel folder) and dit-checkpoint (a facebookresearch/DiT .pt file,
+needs torch; `--num-heads N` for a width no DiT preset has) write a DiT's folder the same way.
 pytorch-fid-inception converts pytorch-fid's pt_inception-2015-12-05-6726825d.pth (needs torch) into
 a safetensors file, readable with `jaxdiff.metrics.load_inception(DST)`.
+diffusers-vae converts the diffusers AutoencoderKL folder SRC into DST the same way as
+diffusers-unet; the module `load_converted(DST)` returns keeps the config's scaling_factor.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jaxdiff.convert.diffusers_dit import convert_diffusers_dit
 from jaxdiff.convert.diffusers_unet import convert_diffusers_unet
+from jaxdiff.convert.diffusers_vae import convert_diffusers_vae
+from jaxdiff.convert.dit import convert_dit_checkpoint
 from jaxdiff.convert.pytorch_fid_inception import convert_pytorch_fid_inception
 
 
@@ -23,6 +30,20 @@ def main(argv: list[str] | None = None) -> int:
   unet = commands.add_parser("diffusers-unet", help="convert a diffusers UNet2DModel folder")
   unet.add_argument("src", help="folder with config.json and diffusion_pytorch_model.safetensors")
   unet.add_argument("dst", help="new output folder")
+  vae = commands.add_parser("diffusers-vae", help="convert a diffusers AutoencoderKL folder")
+  vae.add_argument("src", help="folder with config.json and diffusion_pytorch_model.safetensors")
+  vae.add_argument("dst", help="new output folder")
+  dit = commands.add_parser("diffusers-dit", help="convert a diffusers DiTTransformer2DModel dir")
+  dit.add_argument("src", help="folder with config.json and diffusion_pytorch_model.safetensors")
+  dit.add_argument("dst", help="new output folder")
+  original = commands.add_parser(
+    "dit-checkpoint", help="convert a facebookresearch/DiT .pt checkpoint (needs torch)"
+  )
+  original.add_argument("src", help="e.g. DiT-XL-2-256x256.pt, or a checkpoint of its train.py")
+  original.add_argument("dst", help="new output folder")
+  original.add_argument(
+    "--num-heads", type=int, help="attention heads (default: the DiT preset's of that width)"
+  )
   inception = commands.add_parser(
     "pytorch-fid-inception", help="convert pytorch-fid's FID Inception weights (needs torch)"
   )
@@ -31,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   convert = {
     "diffusers-unet": convert_diffusers_unet,
+    "diffusers-vae": convert_diffusers_vae,
+    "diffusers-dit": convert_diffusers_dit,
+    "dit-checkpoint": lambda src, dst: convert_dit_checkpoint(src, dst, num_heads=args.num_heads),
     "pytorch-fid-inception": convert_pytorch_fid_inception,
   }[args.command]
   try:

@@ -4,9 +4,9 @@ jaxdiff's `UNet` mirrors `UNet2DModel`'s module tree, so each parameter's diffus
 from its own path (`down_blocks.0.resnets.1.conv1.kernel` -> `down_blocks.0.resnets.1.conv1.weight`),
 and only the layouts change: conv OIHW -> HWIO, linear (out, in) -> (in, out). Reading needs no torch.
 
-A converted model is saved as DST/unet_config.json (the network table's name, "arch": "unet", and the
-`UNet` kwargs) plus DST/params, an Orbax checkpoint of its `nnx.Param` state; `load_converted`
-rebuilds it from those two through the network table (folders without "arch" are U-Nets).
+A converted model is saved in jaxdiff's converted-folder format ("arch": "unet" and the `UNet`
+kwargs, plus an Orbax checkpoint of its parameters; `jaxdiff.convert.converted`), which
+`load_converted` rebuilds through the network table.
 """
 
 from __future__ import annotations
@@ -14,23 +14,20 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
-from jaxdiff.models import ARCHITECTURES, UNet, abstract_unet
-from jaxdiff.models.table import abstract_module
+from jaxdiff.convert.converted import new_output_folder, save_converted
+from jaxdiff.models import UNet, abstract_unet
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
-CONVERTED_CONFIG_FILE = "unet_config.json"
-CONVERTED_PARAMS_DIR = "params"
 
 # `UNet2DModel.__init__` defaults (diffusers 0.42): a key missing from config.json takes these, as in
 # diffusers itself. Keys outside this table are refused: a newer feature could change the network.
@@ -207,7 +204,7 @@ def _listing(names: list[str]) -> str:
   return shown + (f" and {len(names) - 8} more" if len(names) > 8 else "")
 
 
-def assign_diffusers_weights(model: UNet, tensors: Mapping[str, np.ndarray]) -> None:
+def assign_diffusers_weights(model: nnx.Module, tensors: Mapping[str, np.ndarray]) -> None:
   """Overwrite every parameter of `model` from a diffusers state dict, all of which must be used."""
   tensors = {
     (f"{m[1]}.{_LEGACY_TO_MODERN[m[2]]}.{m[3]}" if (m := _LEGACY_ATTENTION.fullmatch(k)) else k): v
@@ -233,18 +230,26 @@ def assign_diffusers_weights(model: UNet, tensors: Mapping[str, np.ndarray]) -> 
   nnx.update(model, nnx.from_flat_state(values))
 
 
+def read_diffusers_folder(
+  path: str | os.PathLike, class_name: str, parse: Callable[[Mapping], dict]
+) -> tuple[dict, dict[str, np.ndarray]]:
+  """(`parse(config.json)`, the state dict) of the diffusers `class_name` folder `path`. The config
+  is parsed first, so that one jaxdiff cannot build is refused before the weights are read."""
+  config_path, weights_path = os.path.join(path, CONFIG_FILE), os.path.join(path, WEIGHTS_FILE)
+  for file in (config_path, weights_path):
+    _require(os.path.isfile(file), f"{file} does not exist: pass a diffusers {class_name} folder.")
+  with open(config_path) as f:
+    kwargs = parse(json.load(f))
+  try:
+    return kwargs, load_file(weights_path)
+  except SafetensorError as e:
+    raise ValueError(f"{weights_path} is not a readable safetensors file ({e}).") from e
+
+
 def _convert_folder(
   path: str | os.PathLike, *, dtype, dropout_key: int | jax.Array
 ) -> tuple[dict, UNet]:
-  config_path, weights_path = os.path.join(path, CONFIG_FILE), os.path.join(path, WEIGHTS_FILE)
-  for file in (config_path, weights_path):
-    _require(os.path.isfile(file), f"{file} does not exist: pass a diffusers UNet2DModel folder.")
-  with open(config_path) as f:
-    kwargs = unet_kwargs_from_diffusers_config(json.load(f))
-  try:
-    tensors = load_file(weights_path)
-  except SafetensorError as e:
-    raise ValueError(f"{weights_path} is not a readable safetensors file ({e}).") from e
+  kwargs, tensors = read_diffusers_folder(path, "UNet2DModel", unet_kwargs_from_diffusers_config)
   model = abstract_unet(**kwargs, dtype=dtype, dropout_key=dropout_key)
   assign_diffusers_weights(model, tensors)
   return kwargs, model
@@ -259,39 +264,6 @@ def load_diffusers_unet(
 
 def convert_diffusers_unet(src: str | os.PathLike, dst: str | os.PathLike) -> None:
   """Convert the diffusers folder `src` into a new jaxdiff checkpoint folder `dst`."""
-  dst = os.path.abspath(dst)
-  _require(
-    not (os.path.exists(dst) and os.listdir(dst)),
-    f"{dst} already exists and is not empty: choose a new output folder.",
-  )
+  new_output_folder(dst)  # refused before the (slow) conversion
   kwargs, model = _convert_folder(src, dtype=jnp.float32, dropout_key=0)
-  os.makedirs(dst, exist_ok=True)
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.join(dst, CONVERTED_PARAMS_DIR), nnx.state(model, nnx.Param))
-  # Written last: a folder with unet_config.json holds a complete checkpoint.
-  with open(os.path.join(dst, CONVERTED_CONFIG_FILE), "w") as f:
-    json.dump({"arch": "unet", **kwargs}, f, indent=2)
-
-
-def load_converted(dst: str | os.PathLike, *, dtype=jnp.float32, dropout_key: int | jax.Array = 0):
-  """Rebuild the network that `convert_diffusers_unet` (or the CLI) wrote to `dst`."""
-  dst = os.path.abspath(dst)
-  config_path = os.path.join(dst, CONVERTED_CONFIG_FILE)
-  _require(
-    os.path.isfile(config_path),
-    f"{config_path} does not exist: pass a folder written by jaxdiff.convert.",
-  )
-  with open(config_path) as f:
-    kwargs = json.load(f)
-  arch = kwargs.pop("arch", "unet")
-  _require(arch in ARCHITECTURES, f"{config_path} names an unknown network {arch!r}.")
-  module = ARCHITECTURES[arch].module
-  model = abstract_module(
-    lambda rngs: module(**kwargs, dtype=dtype, rngs=rngs), dropout_key=dropout_key
-  )
-  with ocp.StandardCheckpointer() as checkpointer:
-    params = checkpointer.restore(
-      os.path.join(dst, CONVERTED_PARAMS_DIR), nnx.state(model, nnx.Param)
-    )
-  nnx.update(model, params)
-  return model
+  save_converted(dst, "unet", kwargs, model)

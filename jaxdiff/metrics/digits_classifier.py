@@ -88,9 +88,13 @@ class DigitsFeatures:
 
 def _as_digits(images_uint8):
   images = np.asarray(images_uint8)
+  if images.shape[1:] == (32, 32, 1) and images.dtype == np.uint8:
+    # the 32×32 digits of latent runs (data.image_size=32): 2×2 means back to the 16×16 grid
+    images = np.round(images.reshape(-1, 16, 2, 16, 2, 1).mean(axis=(2, 4))).astype(np.uint8)
   if images.shape[1:] != (16, 16, 1) or images.dtype != np.uint8:
     raise ValueError(
-      f"the digits classifier takes uint8 images of shape (N, 16, 16, 1), got {images.dtype} "
+      f"the digits classifier takes uint8 images of shape (N, 16, 16, 1) or (N, 32, 32, 1), got "
+      f"{images.dtype} "
       f"{images.shape}."
     )
   return images

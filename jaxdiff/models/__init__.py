@@ -1,11 +1,13 @@
 """Flax NNX networks and the table that builds them from a run's `model` section."""
 
+from jaxdiff.models.autoencoder import AutoencoderConfig, AutoencoderKL
 from jaxdiff.models.dit import DiT, DiTConfig
 from jaxdiff.models.table import (
   ARCHITECTURES,
   NetworkSpec,
   abstract,
   abstract_unet,
+  architecture,
   build,
   parameter_count,
 )
@@ -13,6 +15,8 @@ from jaxdiff.models.unet import UNet, UNetConfig
 
 __all__ = [
   "ARCHITECTURES",
+  "AutoencoderConfig",
+  "AutoencoderKL",
   "DiT",
   "DiTConfig",
   "NetworkSpec",
@@ -20,6 +24,7 @@ __all__ = [
   "UNetConfig",
   "abstract",
   "abstract_unet",
+  "architecture",
   "build",
   "parameter_count",
 ]

@@ -13,7 +13,9 @@ original's parameter count includes it: see `tests/test_dit.py`).
 
 Module names follow the original's where NNX allows (`x_embedder`, `t_embedder`, `y_embedder`,
 `blocks[i].attn.qkv`, `.mlp.fc1`, `final_layer.linear`); `adaLN_modulation.1` is `modulation`.
-`jaxdiff.convert.dit.load_dit_state_dict` maps a PyTorch state dict onto it.
+`jaxdiff.convert.dit.load_dit_state_dict` maps a PyTorch state dict onto it. `timestep_freq_shift`
+and `mlp_norm_eps` (the original's values by default) reproduce diffusers' `DiTTransformer2DModel`,
+which changed both (`jaxdiff.convert.diffusers_dit`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,17 @@ DIT_PRESETS = {
   "L": dict(hidden_size=1024, depth=24, num_heads=16),
   "XL": dict(hidden_size=1152, depth=28, num_heads=16),
 }
+# The paper's twelve configurations by name, "DiT-XL/2" and so on, for `model.preset`.
+PRESET_NAMES = tuple(f"DiT-{size}/{p}" for size in DIT_PRESETS for p in (8, 4, 2))
+
+
+def preset(name: str) -> dict:
+  """The model.* values a paper configuration such as "DiT-XL/2" stands for."""
+  if name not in PRESET_NAMES:
+    raise ValueError(f"model.preset must be one of {list(PRESET_NAMES)}, got {name!r}.")
+  size, patch_size = name.removeprefix("DiT-").split("/")
+  return {**DIT_PRESETS[size], "patch_size": int(patch_size)}
+
 
 _xavier = nnx.initializers.xavier_uniform()
 _normal = nnx.initializers.normal(stddev=0.02)
@@ -67,40 +80,52 @@ def sincos_position_embedding(dim: int, grid_size: int) -> np.ndarray:
   return np.concatenate([embed(cols), embed(rows)], axis=1).astype(np.float32)
 
 
-def _layer_norm(x: jax.Array) -> jax.Array:
+def _layer_norm(x: jax.Array, eps: float = LAYER_NORM_EPS) -> jax.Array:
   """LayerNorm without affine parameters (adaLN supplies scale and shift), statistics in float32."""
   x32 = x.astype(jnp.float32)
   mean = jnp.mean(x32, axis=-1, keepdims=True)
   var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-  return (x32 - mean) * jax.lax.rsqrt(var + LAYER_NORM_EPS)
+  return (x32 - mean) * jax.lax.rsqrt(var + eps)
 
 
 def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
   return x * (1 + scale[:, None, :]) + shift[:, None, :]
 
 
-def _linear(in_features, out_features, *, dtype, rngs, zero=False, init=_xavier):
+def _linear(in_features, out_features, *, axes, dtype, rngs, zero=False, init=_xavier):
+  """nnx.Linear whose kernel and bias carry logical axis names (`axes` = (input, output)), by
+  which `jaxdiff.parallel` splits them under FSDP: "embed" the model width, "heads" the attention
+  heads' channels, "mlp" a wide hidden or modulation layer, None a dimension kept whole."""
   return nnx.Linear(
     in_features,
     out_features,
     kernel_init=_zeros if zero else init,
     bias_init=_zeros,
+    kernel_metadata={"logical_axes": axes},
+    bias_metadata={"logical_axes": axes[1:]},
     dtype=dtype,
     rngs=rngs,
   )
 
 
 class TimestepEmbedder(nnx.Module):
-  """t -> 256 sinusoids (cos half first, frequencies 10000^(-k/128)) -> Linear-SiLU-Linear."""
+  """t -> 256 sinusoids (cos half first, frequencies 10000^(-k/(128 - freq_shift))) -> Linear-SiLU-
+  Linear. The original has freq_shift 0; diffusers' DiTTransformer2DModel has 1."""
 
-  def __init__(self, hidden_size: int, *, dtype, rngs: nnx.Rngs):
+  def __init__(self, hidden_size: int, *, freq_shift: float = 0.0, dtype, rngs: nnx.Rngs):
+    self.freq_shift = freq_shift
     self.linear_1 = _linear(
-      FREQUENCY_EMBEDDING_SIZE, hidden_size, dtype=dtype, rngs=rngs, init=_normal
+      FREQUENCY_EMBEDDING_SIZE, hidden_size, axes=(None, "embed"), dtype=dtype, rngs=rngs,
+      init=_normal,
     )
-    self.linear_2 = _linear(hidden_size, hidden_size, dtype=dtype, rngs=rngs, init=_normal)
+    self.linear_2 = _linear(
+      hidden_size, hidden_size, axes=("embed", "embed"), dtype=dtype, rngs=rngs, init=_normal
+    )
 
   def __call__(self, t: jax.Array) -> jax.Array:
-    freq = sinusoidal_embedding(t, FREQUENCY_EMBEDDING_SIZE, flip_sin_to_cos=True, freq_shift=0)
+    freq = sinusoidal_embedding(
+      t, FREQUENCY_EMBEDDING_SIZE, flip_sin_to_cos=True, freq_shift=self.freq_shift
+    )
     return self.linear_2(nnx.silu(self.linear_1(freq)))
 
 
@@ -109,8 +134,8 @@ class SelfAttention(nnx.Module):
 
   def __init__(self, hidden_size: int, num_heads: int, *, dtype, rngs: nnx.Rngs):
     self.num_heads = num_heads
-    self.qkv = _linear(hidden_size, 3 * hidden_size, dtype=dtype, rngs=rngs)
-    self.proj = _linear(hidden_size, hidden_size, dtype=dtype, rngs=rngs)
+    self.qkv = _linear(hidden_size, 3 * hidden_size, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
+    self.proj = _linear(hidden_size, hidden_size, axes=("heads", "embed"), dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, n, d = x.shape
@@ -125,8 +150,8 @@ class Mlp(nnx.Module):
   """Linear -> GELU (tanh approximation, as the original) -> Linear."""
 
   def __init__(self, hidden_size: int, mlp_hidden: int, *, dtype, rngs: nnx.Rngs):
-    self.fc1 = _linear(hidden_size, mlp_hidden, dtype=dtype, rngs=rngs)
-    self.fc2 = _linear(mlp_hidden, hidden_size, dtype=dtype, rngs=rngs)
+    self.fc1 = _linear(hidden_size, mlp_hidden, axes=("embed", "mlp"), dtype=dtype, rngs=rngs)
+    self.fc2 = _linear(mlp_hidden, hidden_size, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.fc2(jax.nn.gelu(self.fc1(x), approximate=True))
@@ -136,13 +161,24 @@ class DiTBlock(nnx.Module):
   """Pre-norm transformer block with adaLN-Zero: shift/scale/gate for attention and MLP from c."""
 
   def __init__(
-    self, hidden_size: int, num_heads: int, mlp_ratio: float, *, remat: str, dtype, rngs: nnx.Rngs
+    self,
+    hidden_size: int,
+    num_heads: int,
+    mlp_ratio: float,
+    *,
+    mlp_norm_eps: float = LAYER_NORM_EPS,
+    remat: str,
+    dtype,
+    rngs: nnx.Rngs,
   ):
     self.remat = remat
+    self.mlp_norm_eps = mlp_norm_eps
     self.attn = SelfAttention(hidden_size, num_heads, dtype=dtype, rngs=rngs)
     self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), dtype=dtype, rngs=rngs)
     # zero-initialised so that every block starts as the identity (the "Zero" of adaLN-Zero)
-    self.modulation = _linear(hidden_size, 6 * hidden_size, dtype=dtype, rngs=rngs, zero=True)
+    self.modulation = _linear(
+      hidden_size, 6 * hidden_size, axes=("embed", "mlp"), dtype=dtype, rngs=rngs, zero=True
+    )
 
   def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
     if not self.remat:
@@ -154,7 +190,7 @@ class DiTBlock(nnx.Module):
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = jnp.split(mod, 6, axis=-1)
     h = self.attn(_modulate(_layer_norm(x), shift_msa, scale_msa))
     x = x + gate_msa[:, None, :] * h
-    h = self.mlp(_modulate(_layer_norm(x), shift_mlp, scale_mlp))
+    h = self.mlp(_modulate(_layer_norm(x, self.mlp_norm_eps), shift_mlp, scale_mlp))
     return x + gate_mlp[:, None, :] * h
 
 
@@ -162,8 +198,12 @@ class FinalLayer(nnx.Module):
   """adaLN (shift, scale) then a linear map of each token to its p·p·C output pixels."""
 
   def __init__(self, hidden_size: int, out_features: int, *, dtype, rngs: nnx.Rngs):
-    self.modulation = _linear(hidden_size, 2 * hidden_size, dtype=dtype, rngs=rngs, zero=True)
-    self.linear = _linear(hidden_size, out_features, dtype=dtype, rngs=rngs, zero=True)
+    self.modulation = _linear(
+      hidden_size, 2 * hidden_size, axes=("embed", "mlp"), dtype=dtype, rngs=rngs, zero=True
+    )
+    self.linear = _linear(
+      hidden_size, out_features, axes=("embed", None), dtype=dtype, rngs=rngs, zero=True
+    )
 
   def __call__(self, x: jax.Array, c: jax.Array) -> jax.Array:
     shift, scale = jnp.split(self.modulation(nnx.silu(c)).astype(jnp.float32), 2, axis=-1)
@@ -189,6 +229,8 @@ class DiT(nnx.Module):
     mlp_ratio: float = 4.0,
     num_classes: int | None = None,
     learn_sigma: bool = False,
+    timestep_freq_shift: float = 0.0,
+    mlp_norm_eps: float = LAYER_NORM_EPS,
     remat: str = "",
     dtype=jnp.float32,
     rngs: nnx.Rngs,
@@ -215,22 +257,46 @@ class DiT(nnx.Module):
       padding="VALID",
       kernel_init=nnx.initializers.xavier_uniform(in_axis=(0, 1, 2), out_axis=3),
       bias_init=_zeros,
+      kernel_metadata={"logical_axes": (None, None, None, "embed")},
+      bias_metadata={"logical_axes": ("embed",)},
       dtype=dtype,
       rngs=rngs,
     )
-    self.t_embedder = TimestepEmbedder(hidden_size, dtype=dtype, rngs=rngs)
+    self.t_embedder = TimestepEmbedder(
+      hidden_size, freq_shift=timestep_freq_shift, dtype=dtype, rngs=rngs
+    )
     self.y_embedder = (
-      nnx.Embed(num_classes + 1, hidden_size, embedding_init=_normal, dtype=dtype, rngs=rngs)
+      nnx.Embed(
+        num_classes + 1,
+        hidden_size,
+        embedding_init=_normal,
+        embedding_metadata={"logical_axes": ("vocab", "embed")},
+        dtype=dtype,
+        rngs=rngs,
+      )
       if num_classes is not None
       else None
     )
     self.blocks = nnx.List(
       [
-        DiTBlock(hidden_size, num_heads, mlp_ratio, remat=remat, dtype=dtype, rngs=rngs)
+        DiTBlock(
+          hidden_size,
+          num_heads,
+          mlp_ratio,
+          mlp_norm_eps=mlp_norm_eps,
+          remat=remat,
+          dtype=dtype,
+          rngs=rngs,
+        )
         for _ in range(depth)
       ]
     )
     self.final_layer = FinalLayer(hidden_size, p * p * self.out_channels, dtype=dtype, rngs=rngs)
+
+  def fixed_parameter_count(self) -> int:
+    """Values the original stores as a (frozen) parameter and jaxdiff computes: its pos_embed.
+    Added to the trainable count, this gives the parameter counts the paper reports."""
+    return self.grid_size**2 * self.hidden_size
 
   def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array | None = None) -> jax.Array:
     batch, p, g = x.shape[0], self.patch_size, self.grid_size
@@ -257,18 +323,36 @@ class DiTConfig:
   """The DiT's own `model.*` keys (model.arch = 'dit'); defaults are DiT-S/2 (`DIT_PRESETS`).
 
   No dropout key: the original's only dropout is label dropout, which is `model.class_dropout`.
+  `preset` ("DiT-XL/2", …; `PRESET_NAMES`) sets hidden_size, depth, num_heads and patch_size; a
+  config that also gives one of them a value other than its default and the preset's is refused.
   """
 
+  preset: str = ""
   hidden_size: int = 384
   depth: int = 12
   num_heads: int = 6
   patch_size: int = 2
   mlp_ratio: float = 4.0
+  # What diffusers' DiTTransformer2DModel changed (the original's values here; a converted diffusers
+  # checkpoint has 1 and its config's norm_eps): the timestep sinusoids' downscale_freq_shift and the
+  # eps of the LayerNorm before each block's MLP.
+  timestep_freq_shift: float = 0.0
+  mlp_norm_eps: float = LAYER_NORM_EPS
   # activation rematerialization per block: '' off, 'full' (keep only block inputs), 'dots'
   remat: str = ""
 
   def __post_init__(self):
     check_remat(self.remat, key="model.remat")
+    for key, value in (preset(self.preset) if self.preset else {}).items():
+      # A config section cannot tell a default from an explicit value, so only a value that is
+      # neither the default nor the preset's is known to conflict.
+      given, default = getattr(self, key), type(self).__dataclass_fields__[key].default
+      if given not in (default, value):
+        raise ValueError(
+          f"model.preset={self.preset!r} sets model.{key}={value}, but the config gives "
+          f"model.{key}={given}; drop one of the two."
+        )
+      object.__setattr__(self, key, value)  # frozen dataclass: the preset fills the fields once
     if self.hidden_size % self.num_heads or self.hidden_size % 4:
       raise ValueError(
         f"model.hidden_size ({self.hidden_size}) must be a multiple of model.num_heads "
@@ -276,6 +360,8 @@ class DiTConfig:
       )
     if min(self.depth, self.num_heads, self.patch_size) < 1 or self.mlp_ratio <= 0:
       raise ValueError("model.depth, num_heads, patch_size and mlp_ratio must be positive.")
+    if self.mlp_norm_eps <= 0:
+      raise ValueError(f"model.mlp_norm_eps must be positive, got {self.mlp_norm_eps}.")
 
 
 def build_dit(config: DiTConfig, spec, rngs: nnx.Rngs) -> DiT:
@@ -290,6 +376,8 @@ def build_dit(config: DiTConfig, spec, rngs: nnx.Rngs) -> DiT:
     mlp_ratio=config.mlp_ratio,
     num_classes=spec.num_classes,
     learn_sigma=spec.learn_sigma,
+    timestep_freq_shift=config.timestep_freq_shift,
+    mlp_norm_eps=config.mlp_norm_eps,
     remat=config.remat,
     dtype=spec.dtype,
     rngs=rngs,

@@ -137,7 +137,8 @@ class ResBlock(nnx.Module):
   """GroupNorm-SiLU-conv, add (or scale-shift by) the time embedding, GroupNorm-SiLU-dropout-conv, skip.
 
   With `use_scale_shift_norm` (ADM) the embedding is projected to 2*out channels and applied as
-  norm2(h) * (1 + scale) + shift; otherwise (DDPM) it is added before norm2.
+  norm2(h) * (1 + scale) + shift; otherwise (DDPM) it is added before norm2. With `emb_channels`
+  None the block has no embedding projection and takes no embedding (the autoencoder's blocks).
   """
 
   def __init__(
@@ -145,7 +146,7 @@ class ResBlock(nnx.Module):
     in_channels: int,
     out_channels: int,
     *,
-    emb_channels: int,
+    emb_channels: int | None,
     dropout: float,
     use_scale_shift_norm: bool,
     groups: int,
@@ -156,12 +157,16 @@ class ResBlock(nnx.Module):
     remat: str = "",
   ):
     check_remat(remat)
+    if use_scale_shift_norm and emb_channels is None:
+      raise ValueError("use_scale_shift_norm needs an embedding: give emb_channels.")
     self.remat = remat
     self.use_scale_shift_norm = use_scale_shift_norm
     self.norm1 = group_norm(in_channels, groups=groups, eps=eps, dtype=dtype, rngs=rngs)
     self.conv1 = conv3x3(in_channels, out_channels, dtype=dtype, rngs=rngs)
     proj_out = 2 * out_channels if use_scale_shift_norm else out_channels
-    self.time_emb_proj = nnx.Linear(emb_channels, proj_out, dtype=dtype, rngs=rngs)
+    self.time_emb_proj = (
+      None if emb_channels is None else nnx.Linear(emb_channels, proj_out, dtype=dtype, rngs=rngs)
+    )
     self.norm2 = group_norm(out_channels, groups=groups, eps=eps, dtype=dtype, rngs=rngs)
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
     # Zero-initialising the last conv makes the block start as the identity (ADM).
@@ -172,17 +177,20 @@ class ResBlock(nnx.Module):
       else None
     )
 
-  def __call__(self, x: jax.Array, emb: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, emb: jax.Array | None = None) -> jax.Array:
+    if (emb is None) != (self.time_emb_proj is None):
+      raise ValueError("ResBlock takes an embedding exactly when built with emb_channels.")
     return _call(self, ResBlock._forward, x, emb)
 
-  def _forward(self, x: jax.Array, emb: jax.Array) -> jax.Array:
+  def _forward(self, x: jax.Array, emb: jax.Array | None) -> jax.Array:
     h = self.conv1(nnx.silu(self.norm1(x)))
-    emb = self.time_emb_proj(nnx.silu(emb))[:, None, None, :]
-    if self.use_scale_shift_norm:
-      scale, shift = jnp.split(emb, 2, axis=-1)
+    if emb is None:
+      h = self.norm2(h)
+    elif self.use_scale_shift_norm:
+      scale, shift = jnp.split(self.time_emb_proj(nnx.silu(emb))[:, None, None, :], 2, axis=-1)
       h = self.norm2(h) * (1 + scale) + shift
     else:
-      h = self.norm2(h + emb)
+      h = self.norm2(h + self.time_emb_proj(nnx.silu(emb))[:, None, None, :])
     h = self.conv2(self.dropout(nnx.silu(h)))
     skip = x if self.conv_shortcut is None else self.conv_shortcut(x)
     return skip + h

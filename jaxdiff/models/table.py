@@ -19,6 +19,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdiff.models.autoencoder import (
+  AutoencoderConfig,
+  AutoencoderKL,
+  build_autoencoder,
+  generate_from_prior,
+)
 from jaxdiff.models.dit import DiT, DiTConfig, build_dit
 from jaxdiff.models.unet import UNet, UNetConfig, build_unet
 
@@ -39,11 +45,26 @@ class Architecture:
   module: type  # the nnx.Module class
   config: type  # a dataclass of the architecture's own model.* keys, with their defaults
   build: Callable  # build(config, spec, rngs) -> module
+  # a denoiser model(x, t, y) that samplers run; False for a network trained by its own
+  # objective (the autoencoder), which must then draw images itself with `generate`
+  denoiser: bool = True
+  # generate(model, key, batch_size) -> images in [-1, 1]: how a run of a non-denoiser samples
+  generate: Callable | None = None
 
 
 ARCHITECTURES: dict[str, Architecture] = {
   "unet": Architecture(UNet, UNetConfig, build_unet),
   "dit": Architecture(DiT, DiTConfig, build_dit),
+  # Not a denoiser: `model(x, key=...) -> (reconstruction, mean, logvar)`, trained by its own
+  # objective (diffusion.loss='autoencoder'), sampling by decoding prior draws, and the network
+  # of the autoencoder codec.
+  "autoencoder": Architecture(
+    AutoencoderKL,
+    AutoencoderConfig,
+    build_autoencoder,
+    denoiser=False,
+    generate=generate_from_prior,
+  ),
 }
 
 # model.* keys of every architecture, with their defaults.

@@ -6,13 +6,17 @@ The train step knows no loss by name. It builds the objective from this table on
 
 where `networks` maps names to model functions `fn(x, t)`: 'model' is the network being trained
 and every extra parameter set the objective keeps (`init_extra`) is there under its own name (a
-frozen teacher, a target network). `t` and `weights` come from importance sampling when the run
-uses it. Adding an objective is a new module with a builder `build(config, schedule) -> Objective`
+frozen teacher, a target network); each sees the batch's labels unless called as fn(x, t, y).
+`t` and `weights` come from importance sampling when the run uses it; the step number and the
+labels come as `step=` and `labels=` to an objective that names them in `Objective.context`.
+Adding an objective is a new module with a builder `build(config, schedule) -> Objective`
 plus one entry in `OBJECTIVES`.
 """
 
 from __future__ import annotations
 
+from jaxdiff import preconditioning
+from jaxdiff.objectives import autoencoder, consistency
 from jaxdiff.objectives.base import Objective, ObjectiveEntry
 from jaxdiff.objectives.denoising import hybrid, mse, vlb
 
@@ -20,14 +24,42 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
   "mse": ObjectiveEntry(mse),
   "hybrid": ObjectiveEntry(hybrid, needs_learned_variance=True),
   "vlb": ObjectiveEntry(vlb, needs_learned_variance=True),
+  # the first stage of latent diffusion: reconstruction + β·KL of model.arch='autoencoder'
+  "autoencoder": ObjectiveEntry(
+    autoencoder.autoencoder,
+    trains_denoiser=False,
+    bound=autoencoder.bound,
+    check=autoencoder.check,
+  ),
+  # consistency models (objectives/consistency.py): distilled from a teacher run, or trained alone
+  "consistency_distillation": ObjectiveEntry(
+    consistency.consistency_distillation,
+    needs_teacher=True,
+    bound=consistency.no_bound,
+    check=consistency.check,
+  ),
+  "consistency_training": ObjectiveEntry(
+    consistency.consistency_training,
+    predictions=preconditioning.STUDENT_PREDICTIONS,
+    bound=consistency.no_bound,
+    check=consistency.check,
+  ),
+  "improved_consistency_training": ObjectiveEntry(
+    consistency.improved_consistency_training,
+    predictions=preconditioning.STUDENT_PREDICTIONS,
+    bound=consistency.no_bound,
+    check=consistency.check,
+  ),
 }
 
 
-def build(config, schedule) -> Objective:
-  """The objective `config.diffusion.loss` names."""
+def build(config, schedule, *, teacher=None) -> Objective:
+  """The objective `config.diffusion.loss` names; an entry that `needs_teacher` gets `teacher`."""
   name = config.diffusion.loss
   if name not in OBJECTIVES:
     raise ValueError(f"diffusion.loss must be one of {list(OBJECTIVES)}, got {name!r}.")
+  if OBJECTIVES[name].needs_teacher:
+    return OBJECTIVES[name].build(config, schedule, teacher=teacher)
   return OBJECTIVES[name].build(config, schedule)
 
 

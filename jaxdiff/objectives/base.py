@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from jaxdiff.diffusion import PREDICTIONS
+
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
@@ -14,9 +16,30 @@ class Objective:
   init_extra: Callable | None = None
   # update_extra(extra, params, step) -> extra, after each optimizer update (e.g. a target EMA)
   update_extra: Callable | None = None
+  # init_params(params) -> params: the fresh run's starting parameters (and EMA) in place of the
+  # random initialization, e.g. a distilled student's teacher weights; never called on resume
+  init_params: Callable | None = None
+  # what else the loss reads from the step, as keyword arguments of these names: 'step' (the
+  # updates applied so far, for a curriculum), 'labels' (the batch's labels after label dropout,
+  # or None; every network sees them unless called with another y, e.g. a guided teacher's null)
+  context: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveEntry:
   build: Callable  # build(config, schedule) -> Objective
   needs_learned_variance: bool = False  # the network must output a variance (model.learn_sigma)
+  # the diffusion.prediction values it trains (preconditioning.STUDENT_PREDICTIONS adds the raw
+  # network of a consistency model to the discrete ones)
+  predictions: tuple[str, ...] = PREDICTIONS
+  # build(config, schedule, teacher=...) gets the frozen EMA parameters of another run (read by
+  # run.py), or None when a checkpoint holds them already and only their shapes matter
+  needs_teacher: bool = False
+  # the network it trains is a denoiser model(x, t, y) (else e.g. an autoencoder): must agree with
+  # the network table's `Architecture.denoiser`
+  trains_denoiser: bool = True
+  # bound(config, schedule) -> fn(model, images, labels, key) -> per-example bits/dim for
+  # --mode=eval; None: the diffusion bound (jaxdiff.likelihood)
+  bound: Callable | None = None
+  # check(config) raises ValueError for settings of the objective's own config section
+  check: Callable | None = None

@@ -3,6 +3,7 @@
 `SAMPLERS` (jaxdiff/samplers/table.py) maps the names `sample.sampler` accepts to them.
 """
 
+from jaxdiff.samplers.consistency import consistency
 from jaxdiff.samplers.ddim import ddim, ddim_timesteps
 from jaxdiff.samplers.ddpm import ddpm
 from jaxdiff.samplers.dpm_solver import dpm_solver
@@ -13,6 +14,7 @@ from jaxdiff.samplers.unipc import unipc
 __all__ = [
   "OPTIONS",
   "SAMPLERS",
+  "consistency",
   "ddim",
   "ddim_timesteps",
   "ddpm",

@@ -1,6 +1,7 @@
-"""What the σ-space samplers (`karras`, `dpm_solver`, `unipc`) share: the training σ table, Karras
-σ, the fractional timestep of a σ, and the checks of the options they have in common (the checks
-every sampler shares are in `loop`).
+"""What the σ-space samplers (`karras`, `dpm_solver`, `unipc`) share: the training σ table and
+Karras σ (defined in `jaxdiff.preconditioning`, the σ-space math below the samplers), the fractional
+timestep of a σ, and the checks of the options they have in common (the checks every sampler
+shares are in `loop`).
 
 σ = √((1 − ᾱ)/ᾱ) is the noise level of x_t/√ᾱ; it grows with t, so its logarithm indexes the
 training steps. All of it is NumPy float64: the grids are picked before the loop, whatever the
@@ -12,17 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from jaxdiff.diffusion import PREDICTIONS
+from jaxdiff.preconditioning import (
+  karras_sigmas,  # noqa: F401  (the σ-space samplers import both from here)
+  train_sigmas,  # noqa: F401
+)
 from jaxdiff.samplers.loop import check_choice
-from jaxdiff.schedules import Schedule, check_sampler_support, sigma_alphas_cumprod
-
-KARRAS_RHO = 7.0  # Karras et al. 2022's ρ; diffusers fixes it too
-
-
-def train_sigmas(schedule: Schedule) -> np.ndarray:
-  """σ of every training step, in float64: finite σ_T on a zero-terminal-SNR schedule, whose last
-  ᾱ is taken to be 2⁻²⁴ as diffusers does (`schedules.sigma_alphas_cumprod`)."""
-  alphas_cumprod = sigma_alphas_cumprod(schedule)
-  return np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
+from jaxdiff.schedules import Schedule, check_sampler_support
 
 
 def sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
@@ -36,13 +32,6 @@ def sigma_to_t(sigmas: np.ndarray, log_sigmas: np.ndarray) -> np.ndarray:
   lo, hi = log_sigmas[low], log_sigmas[low + 1]
   w = np.clip((lo - log_sigma) / (lo - hi), 0.0, 1.0)
   return (1 - w) * low + w * (low + 1)
-
-
-def karras_sigmas(sigma_max: float, sigma_min: float, num_steps: int) -> np.ndarray:
-  """Karras et al. eq. 5: σ_i = (σ_max^(1/ρ) + i/(n−1)·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ."""
-  ramp = np.linspace(0, 1, num_steps)
-  hi, lo = sigma_max ** (1 / KARRAS_RHO), sigma_min ** (1 / KARRAS_RHO)
-  return (hi + ramp * (lo - hi)) ** KARRAS_RHO
 
 
 def check_prediction(schedule: Schedule, prediction: str) -> None:

@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping
 
-from jaxdiff import schedules
-from jaxdiff.diffusion import VARIANCES
+from jaxdiff import preconditioning, schedules
+from jaxdiff.diffusion import PREDICTIONS, VARIANCES
+from jaxdiff.samplers.consistency import check_sigmas, consistency
 from jaxdiff.samplers.ddim import SPACINGS, ddim
 from jaxdiff.samplers.ddpm import ddpm
 from jaxdiff.samplers.dpm_solver import ALGORITHMS, ORDERS, SOLVER_TYPES, dpm_solver
@@ -35,6 +36,10 @@ def _unit_interval(value) -> str | None:
 
 def _positive(value) -> str | None:
   return None if value >= 1 else f"must be at least 1, got {value}"
+
+
+def _sigmas(value) -> str | None:
+  return check_sigmas(value) if len(value) else None
 
 
 # Every option any sampler reads, as `sample.<name>` in the config.
@@ -63,6 +68,13 @@ OPTIONS: dict[str, Option] = {
   "lower_order_final": Option(True, "lower-order last steps, as diffusers decides them"),
   "thresholding": Option(False, "dynamic thresholding of x̂_0 (Imagen), pixel space"),
   "unipc_solver_type": Option("bh2", "UniPC's B(h)", choices=UNIPC_SOLVER_TYPES),
+  "sigmas": Option(
+    (),
+    "the consistency sampler's noise levels, σ_0 first (decreasing, ≥ σ_min = 0.002), one per "
+    "step; () picks num_steps of them: 80 for one, (80, 1.3824) for two (CD ImageNet 64), Karras "
+    "points for more (samplers/consistency.py: default_sigmas)",
+    check=_sigmas,
+  ),
 }
 
 
@@ -73,6 +85,11 @@ class Sampler:
   run: Callable
   options: tuple[str, ...]
   takes_key: bool = False  # a stochastic sampler (or one with stochastic settings) gets `key=`
+  # the problem with its options taken together, as a sentence naming the fix, or None
+  check: Callable[[Mapping[str, Any]], str | None] | None = None
+  # the diffusion.prediction values it can sample: a diffusion sampler integrates a model of the
+  # discrete predictions; only the consistency sampler knows a consistency student's raw F
+  predictions: tuple[str, ...] = PREDICTIONS
 
 
 def _ddpm(model_fn, schedule, x_T, *, num_steps, **options):
@@ -84,6 +101,23 @@ def _ddpm(model_fn, schedule, x_T, *, num_steps, **options):
 
 def _unipc(model_fn, schedule, x_T, *, unipc_solver_type, **options):
   return unipc(model_fn, schedule, x_T, solver_type=unipc_solver_type, **options)
+
+
+def _consistency(model_fn, schedule, x_T, *, prediction, sigmas, **options):
+  # f(x, σ) of the (guided) student network, by the function its objective trains: the raw F of
+  # the consistency parameterisation, or a distilled discrete model of `prediction` on `schedule`.
+  f = preconditioning.student_function(model_fn, prediction=prediction, schedule=schedule)
+  return consistency(f, x_T, sigmas=tuple(sigmas) or None, **options)
+
+
+def _consistency_steps(values) -> str | None:
+  count = len(values["sigmas"])
+  if count and count != values["num_steps"]:
+    return (
+      f"sample.sigmas has {count} σ's but sample.num_steps={values['num_steps']} (one σ a step); "
+      f"set sample.num_steps={count}"
+    )
+  return None
 
 
 SAMPLERS: dict[str, Sampler] = {
@@ -117,6 +151,13 @@ SAMPLERS: dict[str, Sampler] = {
       "use_karras_sigmas",
     ),
   ),
+  "consistency": Sampler(
+    _consistency,
+    ("num_steps", "sigmas", "clip_denoised"),
+    True,
+    _consistency_steps,
+    preconditioning.STUDENT_PREDICTIONS,
+  ),
 }
 
 
@@ -127,6 +168,8 @@ def check_options(name: str, values: Mapping[str, Any]) -> None:
     raise ValueError(f"sample.sampler must be one of {list(SAMPLERS)}, got {name!r}.")
   for option, spec in OPTIONS.items():
     value = values[option]
+    if isinstance(value, list):  # a config read back from a workdir's config.json
+      value = tuple(value)
     if option not in SAMPLERS[name].options:
       if value != spec.default:
         raise ValueError(
@@ -139,10 +182,24 @@ def check_options(name: str, values: Mapping[str, Any]) -> None:
     problem = spec.check(value) if spec.check else None
     if problem:
       raise ValueError(f"sample.{option} {problem}.")
+  problem = SAMPLERS[name].check(values) if SAMPLERS[name].check else None
+  if problem:
+    raise ValueError(f"{problem}.")
+
+
+def check_prediction(name: str, prediction: str) -> None:
+  """ValueError when sampler `name` cannot sample a network of diffusion.prediction `prediction`."""
+  if prediction not in SAMPLERS[name].predictions:
+    able = [n for n, s in SAMPLERS.items() if prediction in s.predictions]
+    raise ValueError(
+      f"sample.sampler={name!r} cannot sample a network of diffusion.prediction={prediction!r}; "
+      f"use sample.sampler={able[0]!r}" + (f" (or one of {able[1:]})." if able[1:] else ".")
+    )
 
 
 def run(name: str, model_fn, schedule, x_T, *, key, prediction: str, options: Mapping[str, Any]):
   """Runs sampler `name` with the options it reads taken from `options` (e.g. config.sample)."""
+  check_prediction(name, prediction)
   sampler = SAMPLERS[name]
   chosen = {option: options[option] for option in sampler.options}
   if sampler.takes_key:

@@ -60,7 +60,7 @@ def train_step(
   def frozen(params):
     model = model_def.bind(params)
     model.eval()
-    return lambda x, t: model(x, t, labels)
+    return lambda x, t, y=labels, **kwargs: model(x, t, y, **kwargs)
 
   # Extra parameter sets are closed over: they take part in the loss and get no gradient.
   others = {name: frozen(params) for name, params in (state.extra or {}).items()}
@@ -68,8 +68,11 @@ def train_step(
   def loss_fn(params):
     model = model_def.bind(params)
     nnx.reseed(model, dropout=dropout_key)
-    networks = {**others, "model": lambda x, t: model(x, t, labels)}
-    loss, per_example, metrics = objective.loss(loss_key, networks, x0, t=t, weights=weights)
+    networks = {**others, "model": lambda x, t, y=labels, **kwargs: model(x, t, y, **kwargs)}
+    context = {"step": state.step, "labels": labels}  # what an objective may ask for by name
+    loss, per_example, metrics = objective.loss(
+      loss_key, networks, x0, t=t, weights=weights, **{k: context[k] for k in objective.context}
+    )
     return loss, (per_example, metrics)
 
   (loss, (per_example, objective_metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -1,8 +1,9 @@
 """Codecs between data space (images in [-1, 1]) and diffusion space (what the network models).
 
 Training encodes each batch before the objective sees it; sampling decodes the sampler's output
-before images are written or scored; a pixel-space run uses the identity. A latent codec (an
-autoencoder) is a new module with a `Codec` builder plus one entry in `CODECS`.
+before images are written or scored; a pixel-space run uses the identity, a latent diffusion run
+the autoencoder (codecs/autoencoder.py). A new codec is a module with a `Codec` builder plus one
+entry in `CODECS`.
 
 A codec's functions are pure: `encode(params, images, key)` and `decode(params, latents)`, with
 its frozen parameters passed explicitly into the jitted programs (an autoencoder's weights would
@@ -11,33 +12,26 @@ otherwise be baked into every program as constants), `params` being None for the
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import ml_collections
 
-
-@dataclasses.dataclass(frozen=True)
-class Codec:
-  encode: Callable  # encode(params, images (B, H, W, C) in [-1, 1], key) -> latents
-  decode: Callable  # decode(params, latents) -> images in [-1, 1]
-  # (image_size, channels) of the data -> (size, channels) of the diffusion space
-  latent_shape: Callable[[int, int], tuple[int, int]]
-  pixel_space: bool  # latents are the pixels: bits/dim and pixel clipping apply
-  params: Any = None
+from jaxdiff.codecs import autoencoder
+from jaxdiff.codecs.base import Codec, identity
 
 
-def identity() -> Codec:
-  return Codec(
-    encode=lambda params, images, key: images,
-    decode=lambda params, latents: latents,
-    latent_shape=lambda size, channels: (size, channels),
-    pixel_space=True,
-  )
+def _identity(config: ml_collections.ConfigDict) -> Codec:
+  if config.autoencoder.path:
+    raise ValueError(
+      "autoencoder.path is set but codec.name='identity' diffuses pixels: set "
+      "--config.codec.name=autoencoder for latent diffusion, or clear autoencoder.path."
+    )
+  return identity()
 
 
 CODECS: dict[str, Callable[[ml_collections.ConfigDict], Codec]] = {
-  "identity": lambda config: identity(),
+  "identity": _identity,
+  "autoencoder": autoencoder.build,  # latent diffusion on a frozen KL-autoencoder's latents
 }
 
 
@@ -47,3 +41,6 @@ def build(config: ml_collections.ConfigDict) -> Codec:
   if name not in CODECS:
     raise ValueError(f"codec.name must be one of {list(CODECS)}, got {name!r}.")
   return CODECS[name](config)
+
+
+__all__ = ["CODECS", "Codec", "build", "identity"]

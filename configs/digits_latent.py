@@ -1,0 +1,40 @@
+"""Latent diffusion on the digits (Rombach et al. 2022): configs/digits.py's diffusion model trained
+on the 8×8×4 latents of the digits autoencoder (configs/digits_vae.py) instead of 16×16 pixels.
+
+Two stages, each a run of the same trainer:
+
+    python -m jaxdiff.main --config=configs/digits_vae.py --workdir=runs/vae
+    python -m jaxdiff.main --config=configs/digits_latent.py --workdir=runs/latent \\
+        --config.autoencoder.path=runs/vae
+    python -m jaxdiff.main --config=configs/digits_latent.py --workdir=runs/latent \\
+        --config.autoencoder.path=runs/vae --mode=sample
+
+Data, schedule, v-prediction with Min-SNR-5, guidance, EMA and the UniPC-10 sampler are the digits
+default's, read from digits.py itself. The images are the 32×32 digits the autoencoder was trained
+on; the network sees 8×8×4 latents scaled to unit variance (autoencoder.scale_factor unset: 1/std
+of the training latents, measured once and stored in the workdir's codec.json), drawn from the
+posterior each step as LDM and DiT do. The U-Net is the default's (32 channels, ×1 ×2) on 1×1
+patches of the 8×8 latents — the same 8×8 grid the pixel default reaches with its 2×2 patches.
+UniPC does not clip its x̂_0 (latents are not in [-1, 1]); decoded images are clipped.
+"""
+
+import importlib.util
+import pathlib
+
+
+def _digits_config():
+  path = pathlib.Path(__file__).with_name("digits.py")
+  spec = importlib.util.spec_from_file_location("digits_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config():
+  c = _digits_config()
+  c.data.image_size = 32
+  c.codec.name = "autoencoder"
+  c.autoencoder.path = ""  # required: --config.autoencoder.path=WORKDIR_OF_digits_vae
+  c.model.patch_size = 1
+  c.eval.bits_per_dim = False  # the bound is on pixels; a latent run has none (its VAE has an ELBO)
+  return c

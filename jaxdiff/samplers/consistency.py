@@ -1,0 +1,115 @@
+"""One- and multistep sampling of a consistency model (Song et al. 2023, Algorithm 1).
+
+x = σ_0·z, x̂_0 = f(x, σ_0); for each further σ_i: x = x̂_0 + √(σ_i² − σ_min²)·z, x̂_0 = f(x, σ_i).
+`f(x, σ)` is a consistency function (`preconditioning.consistency_function` of a student network)
+or any σ-space denoiser. diffusers' CMStochasticIterativeScheduler runs the same steps with x̂_0
+clamped to [−1, 1] (`clip_denoised`); its one-step run draws no noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdiff.diffusion import compute_dtype
+from jaxdiff.preconditioning import SIGMA_MAX, SIGMA_MIN, karras_sigmas
+from jaxdiff.samplers.loop import run_steps
+
+# The discretisation of openai's consistency distillation on ImageNet 64 (N = 40 Karras points,
+# diffusers' default num_train_timesteps) and its published two-step sampling, timesteps
+# [22, 0] on that grid (diffusers' ConsistencyModelPipeline example): σ = (80, 1.3824).
+CD_GRID_POINTS = 40
+CD_TWO_STEP = (0, 22)
+
+
+def default_sigmas(
+  num_steps: int, *, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX
+) -> np.ndarray:
+  """The σ's of a `num_steps` run, in float64: one step is σ_max; two steps are CD ImageNet-64's
+  published (σ_max, 1.3824); K ≥ 3 steps the first K of K + 1 Karras points from σ_max to σ_min
+  (the last, σ_min, would re-noise to nothing)."""
+  if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+    raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
+  if num_steps == 2:
+    return karras_sigmas(sigma_max, sigma_min, CD_GRID_POINTS)[list(CD_TWO_STEP)]
+  return karras_sigmas(sigma_max, sigma_min, num_steps + 1)[:-1]
+
+
+def check_sigmas(sigmas, *, sigma_min: float = SIGMA_MIN) -> str | None:
+  """The problem with a σ sequence in words, or None: it must be non-empty and strictly
+  decreasing, with every σ ≥ σ_min (re-noising to σ takes √(σ² − σ_min²))."""
+  values = np.asarray(sigmas, np.float64)
+  if values.ndim != 1 or values.size == 0:
+    return f"must be a non-empty sequence of noise levels, got {sigmas!r}"
+  if np.any(np.diff(values) >= 0):
+    return f"must decrease strictly, got {tuple(sigmas)}"
+  if values[-1] < sigma_min:
+    return f"must stay at or above σ_min = {sigma_min}, got {tuple(sigmas)}"
+  return None
+
+
+def consistency(
+  f: Callable,
+  x_T,
+  *,
+  num_steps: int = 1,
+  sigmas: Sequence[float] | None = None,
+  sigma_min: float = SIGMA_MIN,
+  sigma_max: float = SIGMA_MAX,
+  clip_denoised: bool = True,
+  key=None,
+  noise=None,
+  return_trajectory: bool = False,
+):
+  """Algorithm 1 of Song et al. 2023 with the consistency function `f(x, σ)`.
+
+  `sigmas` (decreasing, σ_0 first) are the noise levels f is evaluated at, `num_steps` of them
+  (`default_sigmas(num_steps)` when None); x_T is a unit-variance draw scaled by σ_0. Step i
+  evaluates f at σ_i and re-noises x̂_0 to σ_{i+1} with `noise[i]` (shape (num_steps,
+  *x_T.shape)), as diffusers draws it; the last step's draw is multiplied by 0, and a one-step
+  run draws nothing. Otherwise z comes from `fold_in(key, i)`. `clip_denoised` clamps x̂_0 to
+  [−1, 1] (pixel space). Returns x̂_0 in x_T's dtype, or the x̂_0 of every step stacked.
+  """
+  if sigmas is None:
+    sigmas = default_sigmas(num_steps, sigma_min=sigma_min, sigma_max=sigma_max)
+  elif len(sigmas) != num_steps:
+    raise ValueError(
+      f"{len(sigmas)} sigmas {tuple(sigmas)} make {len(sigmas)} steps, not num_steps={num_steps}; "
+      "give as many σ's as steps."
+    )
+  problem = check_sigmas(sigmas, sigma_min=sigma_min)
+  if problem:
+    raise ValueError(f"sigmas {problem}.")
+  sigmas = np.asarray(sigmas, np.float64)
+  # the scale of step i's re-noising, to σ_{i+1}; the last goes nowhere (σ_min: scale 0)
+  renoise = np.sqrt(np.append(sigmas[1:], sigma_min) ** 2 - sigma_min**2)
+  dtype = compute_dtype(x_T)
+  per_step = {
+    "sigma": jnp.asarray(sigmas, dtype),
+    "renoise": jnp.asarray(renoise, dtype),
+  }
+
+  def step(carry, s, z):
+    x, _ = carry
+    x0 = f(x, s["sigma"]).astype(dtype)
+    if clip_denoised:
+      x0 = jnp.clip(x0, -1, 1)
+    if z is not None:
+      x = x0 + s["renoise"] * z.astype(dtype)
+    return x, x0
+
+  x = jnp.asarray(x_T).astype(dtype) * jnp.asarray(sigmas[0], dtype)
+  init = (x, jnp.zeros_like(x))
+  return run_steps(
+    step,
+    x_T,
+    per_step,
+    key=key,
+    noise=noise,
+    needs_noise=len(sigmas) > 1,
+    return_trajectory=return_trajectory,
+    init=init,
+    read=lambda carry: carry[1].astype(jnp.asarray(x_T).dtype),
+  )

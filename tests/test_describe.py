@@ -1,0 +1,162 @@
+"""`--mode=describe` and `jaxdiff.models.cost`: parameter counts and forward Gflops from shapes
+alone, against the DiT paper's figures, the original code's counts and the DDPM CIFAR-10 U-Net's;
+and `model.preset`, the paper's twelve DiT configurations by name."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from flax import nnx
+
+from jaxdiff import config as config_lib
+from jaxdiff.describe import describe
+from jaxdiff.models import table
+from jaxdiff.models.cost import network_cost
+from jaxdiff.models.dit import PRESET_NAMES, DiTConfig
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+# sum(p.numel() for p in model.parameters()) of facebookresearch/DiT models.py (commit ed81ce2)
+# for DiT_models[name](input_size=32, num_classes=1000): learn_sigma, 1001 label rows, and the
+# fixed pos_embed (grid² × hidden) that jaxdiff recomputes instead. torch 2.13, timm 1.0.31.
+ORIGINAL_COUNTS = {
+  "DiT-S/8": 33_148_160,
+  "DiT-S/4": 32_945_024,
+  "DiT-S/2": 32_963_360,
+  "DiT-B/8": 130_881_536,
+  "DiT-B/4": 130_475_648,
+  "DiT-B/2": 130_512_416,
+  "DiT-L/8": 458_594_816,
+  "DiT-L/4": 458_053_760,
+  "DiT-L/2": 458_102_816,
+  "DiT-XL/8": 675_683_072,
+  "DiT-XL/4": 675_074_432,
+  "DiT-XL/2": 675_129_632,
+}
+# Gflops of Table 4 of Peebles & Xie 2023 (arXiv:2212.09748v2), 256×256 images = 32×32×4 latents
+# (not re-read from the paper in the session that wrote this: see benchmarks/RESULTS.md).
+PAPER_GFLOPS = {
+  "DiT-S/8": 0.36,
+  "DiT-S/4": 1.41,
+  "DiT-S/2": 6.06,
+  "DiT-B/8": 1.42,
+  "DiT-B/4": 5.56,
+  "DiT-B/2": 23.01,
+  "DiT-L/8": 5.01,
+  "DiT-L/4": 19.70,
+  "DiT-L/2": 80.71,
+  "DiT-XL/8": 7.39,
+  "DiT-XL/4": 29.05,
+  "DiT-XL/2": 118.64,
+}
+IMAGENET_256_LATENTS = table.NetworkSpec(
+  in_channels=4, image_size=32, num_classes=1000, learn_sigma=True
+)
+
+
+def _dit_section(name):
+  c = config_lib.default_config(arch="dit")
+  c.model.preset = name
+  return c.model
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_dit_presets_count_and_gflops_as_the_paper(name):
+  cost = network_cost(_dit_section(name), IMAGENET_256_LATENTS)
+  assert cost.parameters == ORIGINAL_COUNTS[name]
+  assert cost.fixed_parameters == (32 // int(name[-1])) ** 2 * DiTConfig(preset=name).hidden_size
+  assert cost.gflops == pytest.approx(PAPER_GFLOPS[name], rel=0.02)
+
+
+def _load_config(path, *args):
+  spec = importlib.util.spec_from_file_location("config_under_test", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)
+
+
+def test_cifar10_unet_is_the_ddpm_one(tmp_path):
+  config = _load_config(REPO / "configs" / "cifar10.py")
+  config.data.data_dir = str(tmp_path / "data")
+  info = describe(config)
+  assert info["parameters"] == info["trainable_parameters"] == 35_746_307  # Ho et al.'s 35.7M
+  assert info["diffusion_shape"] == [32, 32, 3]
+  assert not (tmp_path / "data").exists()  # describing reads no data
+
+
+def test_preset_sets_the_four_sizes_and_refuses_conflicts():
+  assert DiTConfig(preset="DiT-B/4") == DiTConfig(
+    preset="DiT-B/4", hidden_size=768, depth=12, num_heads=12, patch_size=4
+  )
+  with pytest.raises(
+    ValueError, match=r"sets model\.depth=28, but the config gives model\.depth=4"
+  ):
+    DiTConfig(preset="DiT-XL/2", depth=4)
+  with pytest.raises(ValueError, match=r"must be one of \['DiT-S/8'.*'DiT-XL/2'\], got 'XL/2'"):
+    DiTConfig(preset="XL/2")
+
+
+def _describe_cli(tmp_path, *args):
+  command = [sys.executable, "-m", "jaxdiff.main", "--mode=describe", *args]
+  command.append(f"--config.data.data_dir={tmp_path / 'data'}")
+  return subprocess.run(
+    command,
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=dict(os.environ),
+    check=False,
+  )
+
+
+def test_cli_describes_digits_without_data_or_workdir(tmp_path):
+  result = _describe_cli(tmp_path, f"--config={REPO / 'configs' / 'digits.py'}")
+  assert result.returncode == 0, result.stderr
+  *summary, last = result.stdout.strip().splitlines()
+  info = json.loads(last)
+  assert info["arch"] == "unet" and info["diffusion_shape"] == [16, 16, 1]
+  # the count of the network built with real weights, not from shapes
+  config = _load_config(REPO / "configs" / "digits.py")
+  spec = table.NetworkSpec(in_channels=1, image_size=16, num_classes=10)
+  built = table.build(config.model, spec, nnx.Rngs(0))
+  count = table.parameter_count(nnx.state(built, nnx.Param))
+  assert info["parameters"] == info["trainable_parameters"] == count
+  assert 0 < info["gflops"] < 0.1
+  assert any(f"{count:,}" in line for line in summary)
+  assert list(tmp_path.iterdir()) == []  # no data dir, no workdir
+
+
+def test_cli_describes_dit_xl2_from_an_override(tmp_path):
+  config = tmp_path / "dit.py"
+  config.write_text(
+    textwrap.dedent(
+      """
+      from jaxdiff.config import default_config
+
+      def get_config():
+        c = default_config(arch="dit")
+        c.data.image_size, c.data.channels, c.data.num_classes = 32, 4, 1000
+        c.model.class_conditional = c.model.learn_sigma = True
+        return c
+      """
+    )
+  )
+  result = _describe_cli(tmp_path, f"--config={config}", "--config.model.preset=DiT-XL/2")
+  assert result.returncode == 0, result.stderr
+  info = json.loads(result.stdout.strip().splitlines()[-1])
+  assert info["parameters"] == 675_129_632  # the paper's "675M"
+  assert info["trainable_parameters"] == 674_834_720
+  assert info["model"]["hidden_size"] == 1152 and info["model"]["depth"] == 28
+  assert info["gflops"] == pytest.approx(118.64, rel=0.02)
+
+  result = _describe_cli(
+    tmp_path, f"--config={config}", "--config.model.preset=DiT-XL/2", "--config.model.depth=4"
+  )
+  assert result.returncode == 1 and result.stderr.startswith("error: model.preset='DiT-XL/2'")
+  assert result.stderr.count("\n") == 1, result.stderr
