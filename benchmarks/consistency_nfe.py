@@ -30,18 +30,16 @@ import json
 import pathlib
 import resource
 import sys
-import time
 
 from jaxdiff import cpu
 
 cpu.apply_xla_flags()  # first: the XLA:CPU flag must precede JAX's backend
 
-import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from digits_quality import DigitsQuality  # noqa: E402
+from sampler_nfe import timed_draw  # noqa: E402
 
-from jaxdiff import generate  # noqa: E402
 from jaxdiff import run as run_lib  # noqa: E402
 from jaxdiff.samplers import table  # noqa: E402
 
@@ -76,21 +74,6 @@ def with_sampler(config, sampler, options):
   return config
 
 
-def draw(run, state, step, count, batch_size):
-  """(uint8 images, labels, sample seconds after compilation, compile seconds)."""
-  generator = generate.Generator(run, batch_size)
-  key = generate.sample_key(run.config, step)
-  start = time.perf_counter()
-  generator.batch(state.ema_params, key, 0)  # compiles; its images are drawn again below
-  first = time.perf_counter() - start
-  start = time.perf_counter()
-  batches = [generator.batch(state.ema_params, key, b) for b in range(-(-count // batch_size))]
-  seconds = time.perf_counter() - start
-  images = np.concatenate([b[0] for b in batches])[:count]
-  labels = None if batches[0][1] is None else np.concatenate([b[1] for b in batches])[:count]
-  return images, labels, seconds, first - seconds / len(batches)
-
-
 def train_seconds(workdir: pathlib.Path):
   logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   walls = [entry["wall_seconds"] for entry in logged if "wall_seconds" in entry]
@@ -116,7 +99,7 @@ def main():
     run, step, state = loaded[name]
     config = with_sampler(run.config, sampler, options)
     batch = min(args.batch_size, args.num_samples)
-    images, labels, seconds, compile_s = draw(
+    images, labels, seconds, compile_s = timed_draw(
       dataclasses.replace(run, config=config), state, step, args.num_samples, batch
     )
     point = {

@@ -26,7 +26,6 @@ from jaxdiff import cpu
 
 cpu.apply_xla_flags()  # first: the XLA:CPU flag must precede JAX's backend
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -71,17 +70,23 @@ def draw(run, state, step, sampler, options, num_steps, count, batch_size):
   config.sample.sampler, config.sample.num_steps = sampler, num_steps
   for key, value in options.items():
     config.sample[key] = value
-  generator = generate.Generator(dataclasses.replace(run, config=config), batch_size)
-  key = generate.sample_key(config, step)
+  return timed_draw(dataclasses.replace(run, config=config), state, step, count, batch_size)
+
+
+def timed_draw(run, state, step, count, batch_size):
+  """The first `count` samples --mode=sample draws with `run`'s config: (uint8 images, labels,
+  sample seconds after compilation, compile seconds). Shared by the benchmarks that time samples."""
+  generator = generate.Generator(run, batch_size)
+  key = generate.sample_key(run.config, step)
   start = time.perf_counter()
   generator.batch(state.ema_params, key, 0)  # compiles; its images are drawn again below
-  compile_s = time.perf_counter() - start
+  first = time.perf_counter() - start
   start = time.perf_counter()
   batches = [generator.batch(state.ema_params, key, b) for b in range(-(-count // batch_size))]
   seconds = time.perf_counter() - start
   images = np.concatenate([b[0] for b in batches])[:count]
   labels = None if batches[0][1] is None else np.concatenate([b[1] for b in batches])[:count]
-  return images, labels, seconds, compile_s - seconds / len(batches)
+  return images, labels, seconds, first - seconds / len(batches)
 
 
 def plot(points, reference, path):

@@ -25,23 +25,21 @@ Each model's own config is read from its workdir (config.json), so the runs are 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import pathlib
 import sys
-import time
 
 from jaxdiff import cpu
 
 cpu.apply_xla_flags()  # first: the XLA:CPU flag must precede JAX's backend
 
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from digits_quality import DigitsQuality, digits_16x16  # noqa: E402
+from sampler_nfe import timed_draw  # noqa: E402
 
-from jaxdiff import evaluation, generate  # noqa: E402
+from jaxdiff import evaluation  # noqa: E402
 from jaxdiff import run as run_lib  # noqa: E402
 
 
@@ -60,27 +58,14 @@ def sharpness(images16: np.ndarray) -> float:
   return float((dx + dy) / 2)
 
 
-def load_run(workdir: pathlib.Path, overrides: dict):
-  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  for key, value in overrides.items():
-    section, name = key.split(".")
-    config[section][name] = value
-  return config
-
-
-def draw(config, workdir, count: int, batch_size: int):
-  """(uint8 images, labels or None, seconds per image after compilation)."""
+def draw(workdir: pathlib.Path, count: int, batch_size: int):
+  """(uint8 images, labels or None, seconds per image after compilation) of the run in `workdir`,
+  sampled with its own config."""
+  config = run_lib.saved_config(workdir)
   config.sample.batch_size = batch_size
   run = run_lib.setup(config, workdir)
   step, state = run_lib.restore_for_inference(run)
-  generator = generate.Generator(dataclasses.replace(run, config=config), batch_size)
-  key = generate.sample_key(config, step)
-  generator.batch(state.ema_params, key, 0)  # compiles
-  start = time.perf_counter()
-  batches = [generator.batch(state.ema_params, key, b) for b in range(-(-count // batch_size))]
-  seconds = time.perf_counter() - start
-  images = np.concatenate([b[0] for b in batches])[:count]
-  labels = None if batches[0][1] is None else np.concatenate([b[1] for b in batches])[:count]
+  images, labels, seconds, _ = timed_draw(run, state, step, count, batch_size)
   return images, labels, seconds / count
 
 
@@ -135,8 +120,7 @@ def main():
   }
   rows, table = {}, []
   for name, workdir in models.items():
-    config = load_run(workdir, {})
-    samples, sample_labels, per_image = draw(config, workdir, args.num_samples, args.batch_size)
+    samples, sample_labels, per_image = draw(workdir, args.num_samples, args.batch_size)
     small = to_16x16(samples)
     scored = quality.evaluate(np.round(small * 255).astype(np.uint8), sample_labels)
     result = {
@@ -147,7 +131,7 @@ def main():
       "label_accuracy": scored["label_accuracy"],
       "sharpness": sharpness(small),
       "sharpness_real": real_sharpness,
-      "bits_per_dim": bound(load_run(workdir, {}), workdir),
+      "bits_per_dim": bound(run_lib.saved_config(workdir), workdir),
       "seconds_per_image": per_image,
     }
     print(json.dumps(result), flush=True)
