@@ -22,12 +22,14 @@ from jaxdiff.convert.dit import (
   dit_kwargs_from_state_dict,
   load_dit_checkpoint,
 )
+from jaxdiff.convert.lpips import convert_lpips
 
 __all__ = [
   "convert_diffusers_dit",
   "convert_diffusers_unet",
   "convert_diffusers_vae",
   "convert_dit_checkpoint",
+  "convert_lpips",
   "dit_from_state_dict",
   "dit_kwargs_from_diffusers_config",
   "dit_kwargs_from_state_dict",

@@ -8,6 +8,9 @@ pytorch-fid-inception converts pytorch-fid's pt_inception-2015-12-05-6726825d.pt
 a safetensors file, readable with `jaxdiff.metrics.load_inception(DST)`.
 diffusers-vae converts the diffusers AutoencoderKL folder SRC into DST the same way as
 diffusers-unet; the module `load_converted(DST)` returns keeps the config's scaling_factor.
+lpips takes two sources, `lpips BACKBONE LINEAR DST`: torchvision's vgg16-397923af.pth and the lpips
+package's weights/v0.1/vgg.pth (needs torch), written as one safetensors file readable with
+`jaxdiff.metrics.load_lpips(DST)`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from jaxdiff.convert.diffusers_dit import convert_diffusers_dit
 from jaxdiff.convert.diffusers_unet import convert_diffusers_unet
 from jaxdiff.convert.diffusers_vae import convert_diffusers_vae
 from jaxdiff.convert.dit import convert_dit_checkpoint
+from jaxdiff.convert.lpips import convert_lpips
 from jaxdiff.convert.pytorch_fid_inception import convert_pytorch_fid_inception
 
 
@@ -49,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
   )
   inception.add_argument("src", help="pt_inception-2015-12-05-6726825d.pth")
   inception.add_argument("dst", help="new .safetensors file")
+  lpips = commands.add_parser("lpips", help="convert LPIPS-VGG16's two weight files (needs torch)")
+  lpips.add_argument("src", metavar="backbone", help="torchvision's vgg16-397923af.pth")
+  lpips.add_argument("linear", help="the lpips package's lpips/weights/v0.1/vgg.pth")
+  lpips.add_argument("dst", help="new .safetensors file")
   args = parser.parse_args(argv)
   convert = {
     "diffusers-unet": convert_diffusers_unet,
@@ -56,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     "diffusers-dit": convert_diffusers_dit,
     "dit-checkpoint": lambda src, dst: convert_dit_checkpoint(src, dst, num_heads=args.num_heads),
     "pytorch-fid-inception": convert_pytorch_fid_inception,
+    "lpips": lambda src, dst: convert_lpips(src, args.linear, dst),
   }[args.command]
   try:
     convert(args.src, args.dst)

@@ -24,9 +24,11 @@ from jaxdiff.metrics.fid import (
 )
 from jaxdiff.metrics.inception import InceptionV3, images_from_uint8, load_inception, preprocess
 from jaxdiff.metrics.inception_score import inception_score
+from jaxdiff.metrics.lpips import LPIPS, load_lpips
 from jaxdiff.metrics.precision_recall import knn_radii, manifold_coverage, precision_recall
 
 __all__ = [
+  "LPIPS",
   "FIDStatistics",
   "InceptionV3",
   "ReferenceBatch",
@@ -39,6 +41,7 @@ __all__ = [
   "inception_score",
   "knn_radii",
   "load_inception",
+  "load_lpips",
   "manifold_coverage",
   "precision_recall",
   "preprocess",
