@@ -51,12 +51,28 @@ def default_config(arch: str = "unet") -> ml_collections.ConfigDict:
   # VAE's 0.18215), else 1/std of the training latents, measured once and stored in the workdir
   a.scale_factor = ml_collections.config_dict.placeholder(float)
   a.sample_posterior = True  # z drawn from q(z|x) each step (LDM, DiT); False: its mean
+  # a folder: the training split is encoded once into it (array_record posterior moments, keyed by
+  # the autoencoder and the data; codecs/cache.py) and steps read latents instead of running the
+  # encoder; '' encodes every batch
+  a.cache = ""
 
   # the autoencoder objective (diffusion.loss='autoencoder', model.arch='autoencoder')
   c.vae = v = ml_collections.ConfigDict()
   v.reconstruction = "l2"  # 'l2': Gaussian decoder (the ELBO); 'l1': Laplace (LDM's choice)
   v.decoder_std = 0.1  # σ_x of the decoder N(x̂, σ_x²), in [-1, 1] pixel units
   v.kl_weight = 1.0  # β; 1: the loss is the negative ELBO
+  # the LDM recipe's extras: LPIPS added to the per-pixel error (needs lpips.path; LDM: 1.0), and
+  # the patch discriminator's hinge loss (needs model.discriminator_layers; LDM: weight 0.5, with
+  # the adaptive weight, switched on after discriminator_start steps)
+  v.perceptual_weight = 0.0
+  v.discriminator_weight = 0.0
+  v.discriminator_start = 0
+
+  # the LPIPS network (Zhang et al. 2018) of vae.perceptual_weight and consistency.distance='lpips':
+  # a file of `python -m jaxdiff.convert lpips VGG16.pth LINEAR.pth DST.safetensors`; none bundled
+  c.lpips = ml_collections.ConfigDict()
+  c.lpips.path = ""
+  c.lpips.resolution = 0  # > 0: images are resized (bilinear) to this first (the CM paper: 224)
 
   c.diffusion = f = ml_collections.ConfigDict()
   f.schedule = "linear"
@@ -82,7 +98,8 @@ def default_config(arch: str = "unet") -> ml_collections.ConfigDict:
   cm.start_scales = 0  # s0 of CT's and iCT's N(k); 0: the paper's (CT 2, iCT 10)
   cm.end_scales = 0  # s1 of N(k); 0: the paper's (CT 150, iCT 1280)
   cm.target_ema = 0.95  # μ of CD's target network, μ0 of CT's μ(k); iCT has no target network
-  cm.distance = "pseudo_huber"  # 'l2', 'l1' or 'pseudo_huber' (iCT's; LPIPS is not bundled)
+  # 'l2', 'l1', 'pseudo_huber' (iCT's) or 'lpips' (CD's best; pixel runs; needs lpips.path)
+  cm.distance = "pseudo_huber"
   cm.huber_c = 0.0  # c of the pseudo-Huber distance; 0: 0.00054·√d, d the data's dimension
   # λ(σ_n): 'uniform' or 'inverse_gap' 1/(σ_{n+1} − σ_n); '': the paper's (iCT's inverse_gap,
   # else uniform)

@@ -14,9 +14,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxdiff import codecs, data, models, objectives, parallel, schedules
+from jaxdiff import codecs, data, metrics, models, objectives, parallel, schedules
 from jaxdiff import state as state_lib
 from jaxdiff.checkpoint import Checkpointer, abstract, read_latest
+from jaxdiff.codecs import cache as latent_cache
 from jaxdiff.config import default_config, validate
 
 
@@ -128,12 +129,31 @@ def build(config: ml_collections.ConfigDict, *, teacher=None) -> Components:
   if codec.calibrate is not None:  # e.g. a latent scale measured on the training images
     codec = codec.calibrate(_calibration_images(config))
   spec = network_spec(config, codec)
-  objective = objectives.build(config, schedule, teacher=teacher)
+  lpips = None
+  if objectives.uses_lpips(config):
+    if not codec.pixel_space:
+      raise RunError(
+        "LPIPS compares images and this run's network works on latents: use another distance "
+        "(consistency.distance='pseudo_huber', iCT's replacement for LPIPS)."
+      )
+    lpips = _read_lpips(config)
+  objective = objectives.build(config, schedule, teacher=teacher, lpips=lpips)
   tx = state_lib.make_optimizer(config)
   model_def, state = state_lib.create(
     config, tx, spec, init_extra=objective.init_extra, init_params=objective.init_params
   )
   return Components(config, schedule, codec, spec, objective, tx, model_def, state)
+
+
+def _read_lpips(config: ml_collections.ConfigDict):
+  """The LPIPS network of `lpips.path`, which the objective asked for; RunError without one."""
+  if not config.lpips.path:
+    raise RunError(
+      "this objective uses LPIPS, whose weights jaxdiff does not bundle: convert them with "
+      "`python -m jaxdiff.convert lpips VGG16.pth LINEAR.pth DST.safetensors` and pass "
+      "--config.lpips.path=DST.safetensors."
+    )
+  return metrics.load_lpips(pathlib.Path(config.lpips.path).expanduser())
 
 
 def _calibration_images(config: ml_collections.ConfigDict, count: int = 512) -> np.ndarray:
@@ -291,6 +311,7 @@ def make_dataset(
   batch_size=None,
   drop_remainder=True,
   random_flip=None,
+  shard_options=None,
 ):
   """The config's dataset; training's batch size and flips unless given."""
   d = config.data
@@ -309,4 +330,42 @@ def make_dataset(
     num_epochs=num_epochs,
     num_workers=d.num_workers,
     label_key="label" if d.num_classes else None,
+    shard_options=shard_options,
+  )
+
+
+def training_dataset(run: Components):
+  """The batches training steps read: images, or with `autoencoder.cache` the cached posterior
+  moments of the codec's encoder (encoded into the cache folder first if it has none)."""
+  config, d = run.config, run.config.data
+  if not config.autoencoder.cache:
+    return make_dataset(config, d.split)
+  batch_size = min(d.batch_size, 256)
+
+  def images(shard, shards):  # every image once, in file order
+    return make_dataset(
+      config, d.split, shuffle=False, num_epochs=1, batch_size=batch_size * shards,
+      drop_remainder=False,
+      random_flip=False,
+      shard_options=data.grain_shard(shard, shards),
+    )  # fmt: skip
+
+  key = {
+    "dataset": d.name,
+    "split": d.split,
+    "image_size": d.image_size,
+    "channels": d.channels,
+    "labels": bool(d.num_classes),
+  }
+  paths, manifest = latent_cache.prepare(
+    config.autoencoder.cache, run.codec, data=key, flips=d.random_flip, images=images,
+    batch_size=batch_size,
+  )  # fmt: skip
+  return data.make_latent_dataset(
+    paths,
+    shape=tuple(manifest["shape"]),
+    labels=manifest["labels"],
+    batch_size=d.batch_size,
+    random_flip=d.random_flip,
+    seed=config.seed,
   )

@@ -254,3 +254,93 @@ def test_resuming_with_another_autoencoder_is_refused(vae_workdir, data_dir, tmp
   (workdir / "codec.json").write_text(json.dumps({**stored, "fingerprint": "0" * 16}))
   with pytest.raises(run_lib.RunError, match="fingerprint"):
     run_lib.setup(config, workdir)
+
+
+# --- the latent cache (autoencoder.cache) -------------------------------------------------------
+
+
+def _losses(workdir):
+  lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [x["loss"] for x in lines if "loss" in x]
+
+
+def test_cached_latents_are_the_encoders_and_train_as_encoding_each_batch(
+  vae_workdir, data_dir, tmp_path
+):  # noqa: F811
+  config = tiny_latent_config(data_dir, vae_workdir)
+  config.data.random_flip = True  # the cache then holds the mirror's latents too
+  config.train.log_every = config.train.steps_per_call = 1
+  loop.train(config, tmp_path / "direct")
+  cached = tiny_latent_config(data_dir, vae_workdir)
+  cached.data.random_flip = True
+  cached.train.log_every = cached.train.steps_per_call = 1
+  cached.autoencoder.cache = str(tmp_path / "cache")
+  loop.train(cached, tmp_path / "cached")
+
+  # the records are the autoencoder's posterior moments of every training image and its mirror,
+  # in file order, computed here by the autoencoder itself
+  manifest = json.loads((tmp_path / "cache" / "latents.json").read_text())
+  images = run_lib.make_dataset(
+    config, "train", shuffle=False, num_epochs=1, batch_size=4096, drop_remainder=False,
+    random_flip=False,
+  )  # fmt: skip
+  batch = next(iter(images))
+  assert manifest["num_examples"] == len(batch["image"]) and manifest["shape"] == [2, 8, 8, 8]
+  from jaxdiff.data import latent_records
+
+  records = latent_records.make_latent_dataset(
+    [str(tmp_path / "cache" / f) for f in manifest["files"]], shape=(2, 8, 8, 8), labels=True,
+    batch_size=manifest["num_examples"], random_flip=False, seed=0, shuffle=False, num_epochs=1,
+  )  # fmt: skip
+  first = next(iter(records))
+  vae = load_autoencoder(vae_workdir)
+  mean, logvar = vae.encode(jnp.asarray(batch["image"]))
+  # float32 convolutions of batches of 256 (the cache) and of all images at once differ in the
+  # order of their sums only: ~1e-7 relative
+  assert relative_error(first["moments"], jnp.concatenate([mean, logvar], -1)) < 1e-5
+  np.testing.assert_array_equal(first["label"], batch["label"])
+
+  # the same batches, flips and posterior draws as encoding each batch: the losses agree to the
+  # float32 differences of the encoder's batching above
+  assert len(_losses(tmp_path / "cached")) == 2
+  assert relative_error(np.array(_losses(tmp_path / "cached")), np.array(_losses(tmp_path / "direct"))) < 1e-4
+
+  # a second run reuses the cache (nothing re-encoded), and sampling decodes as before
+  stamp = (tmp_path / "cache" / manifest["files"][0]).stat().st_mtime_ns
+  loop.train(cached, tmp_path / "cached_again")
+  assert (tmp_path / "cache" / manifest["files"][0]).stat().st_mtime_ns == stamp
+  assert _losses(tmp_path / "cached_again") == _losses(tmp_path / "cached")
+
+
+def test_a_cache_from_another_autoencoder_or_folder_is_refused(vae_workdir, data_dir, tmp_path):  # noqa: F811
+  config = tiny_latent_config(data_dir, vae_workdir)
+  config.autoencoder.cache = str(tmp_path / "cache")
+  config.train.num_steps = 1
+  config.train.steps_per_call = 1
+  loop.train(config, tmp_path / "first")
+  manifest_path = tmp_path / "cache" / "latents.json"
+  manifest = json.loads(manifest_path.read_text())
+  manifest_path.write_text(json.dumps({**manifest, "fingerprint": "0" * 16}))
+  args = [
+    "--config=configs/digits_latent.py",
+    f"--workdir={tmp_path / 'second'}",
+    f"--config.data.data_dir={data_dir}",
+    f"--config.autoencoder.path={vae_workdir}",
+    f"--config.autoencoder.cache={tmp_path / 'cache'}",
+    "--config.train.num_steps=1",
+  ]
+  done = _main(*args)
+  assert done.returncode == 1 and done.stderr.strip().count("\n") == 0, done.stderr[-2000:]
+  assert "latent cache" in done.stderr and "fingerprint" in done.stderr
+  foreign = tmp_path / "foreign"
+  foreign.mkdir()
+  (foreign / "notes.txt").write_text("mine")
+  config.autoencoder.cache = str(foreign)
+  from jaxdiff.codecs import cache
+
+  with pytest.raises(cache.CacheError, match="not a latent cache"):
+    loop.train(config, tmp_path / "third")
+  pixels = config_lib.default_config()
+  pixels.autoencoder.cache = str(foreign)
+  with pytest.raises(ValueError, match="codec.name='identity' diffuses pixels"):
+    codecs.build(pixels)

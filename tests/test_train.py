@@ -315,8 +315,8 @@ class _NaNAtThirdBatch:
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
-  real = loop.make_dataset
-  monkeypatch.setattr(loop, "make_dataset", lambda *a, **k: _NaNAtThirdBatch(iter(real(*a, **k))))
+  real = loop.training_dataset
+  monkeypatch.setattr(loop, "training_dataset", lambda run: _NaNAtThirdBatch(iter(real(run))))
   workdir = tmp_path / "run"
   with pytest.raises(
     RunError,

@@ -26,6 +26,11 @@ def _identity(config: ml_collections.ConfigDict) -> Codec:
       "autoencoder.path is set but codec.name='identity' diffuses pixels: set "
       "--config.codec.name=autoencoder for latent diffusion, or clear autoencoder.path."
     )
+  if config.autoencoder.cache:
+    raise ValueError(
+      "autoencoder.cache caches an autoencoder's latents but codec.name='identity' diffuses "
+      "pixels: set --config.codec.name=autoencoder, or clear autoencoder.cache."
+    )
   return identity()
 
 

@@ -111,13 +111,20 @@ def build(config: ml_collections.ConfigDict) -> Codec:
       )
     return size // f, latent_channels
 
+  def moments(params, images):
+    mean, logvar = nnx.merge(graphdef, params, rest).encode(images)
+    return jnp.concatenate([mean, logvar], axis=-1)
+
   def with_scale(scale: float) -> Codec:
-    def encode(params, images, key):
-      mean, logvar = nnx.merge(graphdef, params, rest).encode(images)
+    def from_moments(moments, key):
+      mean, logvar = jnp.split(moments, 2, axis=-1)
       z = mean
       if a.sample_posterior:
         z = sample_posterior(mean, logvar, jax.random.normal(key, mean.shape, jnp.float32))
       return (z - shift) * scale
+
+    def encode(params, images, key):
+      return from_moments(moments(params, images), key)
 
     def decode(params, latents):
       images = nnx.merge(graphdef, params, rest).decode(latents / scale + shift)
@@ -130,6 +137,8 @@ def build(config: ml_collections.ConfigDict) -> Codec:
       pixel_space=False,
       params=params,
       info={**info, "scale_factor": float(scale)},
+      moments=moments,
+      from_moments=from_moments,
     )
 
   scale = a.scale_factor or (model.scaling_factor if model.scaling_factor != 1.0 else None)
@@ -149,4 +158,5 @@ def build(config: ml_collections.ConfigDict) -> Codec:
     pixel_space=False,
     params=params,
     calibrate=calibrate,
+    moments=moments,
   )

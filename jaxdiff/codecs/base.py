@@ -20,6 +20,11 @@ class Codec:
   # calibrate(images) -> Codec, when the codec needs a batch of training images to be complete
   # (a latent scale measured from the data); encode/decode are None until then
   calibrate: Callable | None = None
+  # a codec whose encoder draws from a posterior it can cache (codecs/cache.py):
+  # moments(params, images) -> (B, h, w, 2c) parameters of q(z|x) (mean and log-variance), and
+  # from_moments(moments, key) -> latents, what encode(params, images, key) returns from them
+  moments: Callable | None = None
+  from_moments: Callable | None = None
 
 
 def identity() -> Codec:

@@ -122,8 +122,43 @@ def make_dataset(
   features = source.dataset_info.features
   if image_key not in features:
     raise ValueError(f"{name} has no feature {image_key!r}; it has {sorted(features)}.")
+  select = functools.partial(
+    _select,
+    image_key=image_key,
+    label_key=label_key if label_key in features else None,
+    image_size=image_size,
+  )
+  return make_batches(
+    grain.MapDataset.source(source).map(select),
+    batch_size=batch_size,
+    flip=_random_flip if random_flip else None,
+    finish=_to_model_inputs,
+    seed=seed,
+    shuffle=shuffle,
+    num_epochs=num_epochs,
+    drop_remainder=drop_remainder,
+    shard=shard,
+    read_threads=read_threads,
+    num_workers=num_workers,
+  )
 
-  ds = grain.MapDataset.source(source)
+
+def make_batches(
+  ds: grain.MapDataset,
+  *,
+  batch_size: int,
+  flip,
+  finish,
+  seed: int,
+  shuffle: bool,
+  num_epochs: int | None,
+  drop_remainder: bool,
+  shard: grain.sharding.ShardOptions,
+  read_threads: int,
+  num_workers: int,
+) -> grain.IterDataset:
+  """This process's shard of `ds` (examples), shuffled, repeated, flipped by `flip(example, rng)`,
+  batched and mapped by `finish`: the part of the pipeline images and cached latents share."""
   usable = len(ds) - len(ds) % shard.shard_count if shard.drop_remainder else len(ds)
   ds = ds[:usable][shard.shard_index :: shard.shard_count]
   # Folding in the shard keeps processes from drawing the same flips at the same positions.
@@ -131,18 +166,10 @@ def make_dataset(
   if shuffle:
     ds = ds.shuffle()
   ds = ds.repeat(num_epochs)
-  ds = ds.map(
-    functools.partial(
-      _select,
-      image_key=image_key,
-      label_key=label_key if label_key in features else None,
-      image_size=image_size,
-    )
-  )
-  if random_flip:
-    ds = ds.random_map(_random_flip)
+  if flip is not None:
+    ds = ds.random_map(flip)
   ds = ds.batch(batch_size // shard.shard_count, drop_remainder=drop_remainder)
-  ds = ds.map(_to_model_inputs)
+  ds = ds.map(finish)
   # Each buffered element is a whole batch, so a short buffer is enough to hide reading.
   iter_ds = ds.to_iter_dataset(
     grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * read_threads)
@@ -150,6 +177,11 @@ def make_dataset(
   if num_workers > 0:
     iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return iter_ds
+
+
+def grain_shard(index: int, count: int) -> grain.sharding.ShardOptions:
+  """Shard `index` of `count`, keeping every example (the last shards may be one shorter)."""
+  return grain.sharding.ShardOptions(shard_index=index, shard_count=count, drop_remainder=False)
 
 
 def make_global_batch(

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdiff.models.discriminator import PatchDiscriminator
 from jaxdiff.models.layers import Attention, Downsample, ResBlock, Upsample, conv3x3, group_norm
 from jaxdiff.models.unet import MidBlock
 
@@ -207,6 +208,8 @@ class AutoencoderKL(nnx.Module):
     use_post_quant_conv: bool = True,
     scaling_factor: float = 1.0,
     shift_factor: float = 0.0,
+    discriminator_layers: int = 0,
+    discriminator_channels: int = 64,
     dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
@@ -228,6 +231,18 @@ class AutoencoderKL(nnx.Module):
 
     self.quant_conv = pointwise(2 * latent_channels) if use_quant_conv else None
     self.post_quant_conv = pointwise(latent_channels) if use_post_quant_conv else None
+    # training only (the LDM recipe's adversarial term, objectives/autoencoder.py): trained by the
+    # same optimizer as the rest, never used by encode or decode
+    self.discriminator = (
+      PatchDiscriminator(
+        out_channels or in_channels,
+        channels=discriminator_channels,
+        layers=discriminator_layers,
+        rngs=rngs,
+      )
+      if discriminator_layers
+      else None
+    )
 
   def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The posterior N(mean, exp(logvar)) of images x (B, H, W, C), H and W multiples of f:
@@ -256,14 +271,22 @@ class AutoencoderKL(nnx.Module):
     *,
     key: jax.Array | None = None,
     noise: jax.Array | None = None,
+    critic: bool = False,
+    frozen_critic: bool = False,
   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(decode(z), mean, logvar) with z drawn from the posterior by `key` or, for replay, given
-    standard-normal `noise`; with neither, z is the posterior's mean (its mode).
+    standard-normal `noise`; with neither, z is the posterior's mean (its mode). `critic=True`
+    returns the discriminator's patch logits of the images x instead (`frozen_critic`: with its
+    parameters behind stop_gradient).
 
     `t` and `y` are the network table's call convention (`model(x, t, y)`, which the train step
     uses for every network); an autoencoder has neither, so both must be None."""
     if t is not None or y is not None:
       raise ValueError("The autoencoder takes no timestep and no label: call model(x, key=...).")
+    if critic:
+      if self.discriminator is None:
+        raise ValueError("This autoencoder has no discriminator: set model.discriminator_layers.")
+      return self.discriminator(x, frozen=frozen_critic)
     mean, logvar = self.encode(x)
     if key is not None and noise is not None:
       raise ValueError("Pass key or noise, not both.")
@@ -293,6 +316,10 @@ class AutoencoderConfig:
   norm_num_groups: int = 8
   use_quant_conv: bool = True
   use_post_quant_conv: bool = True
+  # the LDM recipe's patch discriminator (models/discriminator.py), trained with the autoencoder
+  # when vae.discriminator_weight > 0; 0 layers: none
+  discriminator_layers: int = 0
+  discriminator_channels: int = 64
 
   def __post_init__(self):
     check_autoencoder_shape(
@@ -301,6 +328,11 @@ class AutoencoderConfig:
       self.latent_channels,
       self.norm_num_groups,
     )
+    if self.discriminator_layers < 0 or self.discriminator_channels < 1:
+      raise ValueError(
+        f"model.discriminator_layers must be ≥ 0 and model.discriminator_channels ≥ 1, got "
+        f"{self.discriminator_layers} and {self.discriminator_channels}."
+      )
 
 
 def build_autoencoder(config: AutoencoderConfig, spec, rngs: nnx.Rngs) -> AutoencoderKL:
@@ -325,6 +357,8 @@ def build_autoencoder(config: AutoencoderConfig, spec, rngs: nnx.Rngs) -> Autoen
     norm_num_groups=config.norm_num_groups,
     use_quant_conv=config.use_quant_conv,
     use_post_quant_conv=config.use_post_quant_conv,
+    discriminator_layers=config.discriminator_layers,
+    discriminator_channels=config.discriminator_channels,
     dtype=spec.dtype,
     rngs=rngs,
   )

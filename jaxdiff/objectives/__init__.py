@@ -30,6 +30,7 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
     trains_denoiser=False,
     bound=autoencoder.bound,
     check=autoencoder.check,
+    uses_lpips=autoencoder.uses_lpips,
   ),
   # consistency models (objectives/consistency.py): distilled from a teacher run, or trained alone
   "consistency_distillation": ObjectiveEntry(
@@ -37,30 +38,43 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
     needs_teacher=True,
     bound=consistency.no_bound,
     check=consistency.check,
+    uses_lpips=consistency.uses_lpips,
   ),
   "consistency_training": ObjectiveEntry(
     consistency.consistency_training,
     predictions=preconditioning.STUDENT_PREDICTIONS,
     bound=consistency.no_bound,
     check=consistency.check,
+    uses_lpips=consistency.uses_lpips,
   ),
   "improved_consistency_training": ObjectiveEntry(
     consistency.improved_consistency_training,
     predictions=preconditioning.STUDENT_PREDICTIONS,
     bound=consistency.no_bound,
     check=consistency.check,
+    uses_lpips=consistency.uses_lpips,
   ),
 }
 
 
-def build(config, schedule, *, teacher=None) -> Objective:
-  """The objective `config.diffusion.loss` names; an entry that `needs_teacher` gets `teacher`."""
+def uses_lpips(config) -> bool:
+  """Whether the objective of `config` asks for the LPIPS network (`lpips.path`)."""
+  entry = OBJECTIVES.get(config.diffusion.loss)
+  return bool(entry and entry.uses_lpips and entry.uses_lpips(config))
+
+
+def build(config, schedule, *, teacher=None, lpips=None) -> Objective:
+  """The objective `config.diffusion.loss` names; an entry that `needs_teacher` gets `teacher`,
+  one that `uses_lpips` the LPIPS module `lpips` (None: shapes only matter, e.g. in tests)."""
   name = config.diffusion.loss
   if name not in OBJECTIVES:
     raise ValueError(f"diffusion.loss must be one of {list(OBJECTIVES)}, got {name!r}.")
-  if OBJECTIVES[name].needs_teacher:
-    return OBJECTIVES[name].build(config, schedule, teacher=teacher)
-  return OBJECTIVES[name].build(config, schedule)
+  entry, kwargs = OBJECTIVES[name], {}
+  if entry.needs_teacher:
+    kwargs["teacher"] = teacher
+  if uses_lpips(config):
+    kwargs["lpips"] = lpips
+  return entry.build(config, schedule, **kwargs)
 
 
-__all__ = ["OBJECTIVES", "Objective", "ObjectiveEntry", "build"]
+__all__ = ["OBJECTIVES", "Objective", "ObjectiveEntry", "build", "uses_lpips"]

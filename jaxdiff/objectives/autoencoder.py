@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
+import optax
 
 from jaxdiff import likelihood
 from jaxdiff.objectives.base import Objective
+from jaxdiff.objectives.perceptual import Perceptual
 
 RECONSTRUCTIONS = ("l2", "l1")
 
@@ -39,15 +42,39 @@ def elbo_bits_per_dim(x, reconstruction, mean, logvar, *, decoder_std: float):
   return nll / (dims * math.log(2.0))
 
 
-def autoencoder_loss(key, model, x, *, reconstruction: str, decoder_std: float, kl_weight: float):
-  """(loss, per-example loss, metrics) of `model(x, None, key=key) -> (x̂, mean, logvar)`."""
-  recon, mean, logvar = model(x, None, key=key)
+def reconstruction_error(x, recon, *, reconstruction: str, decoder_std: float, perceptual=None):
+  """Per-example −log p(x|z) up to its constant, in nats per dimension: ‖x − x̂‖²/(2σ_x²·D) (l2)
+  or |x − x̂|₁/(σ_x·D) (l1); with `perceptual` (per-example LPIPS·weight) that distance is added
+  to the per-pixel error before the scaling, as the LDM recipe adds LPIPS to |x − x̂|."""
   axes = tuple(range(1, x.ndim))
-  dims = math.prod(x.shape[1:])
   if reconstruction == "l2":
-    rec = jnp.mean(jnp.square(x - recon), axis=axes) / (2.0 * decoder_std**2)
+    error, scale = jnp.mean(jnp.square(x - recon), axis=axes), 2.0 * decoder_std**2
   else:
-    rec = jnp.mean(jnp.abs(x - recon), axis=axes) / decoder_std
+    error, scale = jnp.mean(jnp.abs(x - recon), axis=axes), decoder_std
+  if perceptual is not None:
+    error = error + perceptual
+  return error / scale
+
+
+def autoencoder_loss(
+  key, model, x, *, reconstruction: str, decoder_std: float, kl_weight: float, perceptual=None
+):
+  """(loss, per-example loss, metrics) of `model(x, None, key=key) -> (x̂, mean, logvar)`;
+  `perceptual(x, x̂) -> (B,)` adds a weighted perceptual distance (LPIPS) to the reconstruction."""
+  loss, per_example, metrics, _ = _vae_terms(
+    key, model, x, reconstruction=reconstruction, decoder_std=decoder_std, kl_weight=kl_weight,
+    perceptual=perceptual,
+  )  # fmt: skip
+  return loss, per_example, metrics
+
+
+def _vae_terms(key, model, x, *, reconstruction, decoder_std, kl_weight, perceptual):
+  recon, mean, logvar = model(x, None, key=key)
+  dims = math.prod(x.shape[1:])
+  distance = None if perceptual is None else perceptual(x, recon)
+  rec = reconstruction_error(
+    x, recon, reconstruction=reconstruction, decoder_std=decoder_std, perceptual=distance
+  )
   kl = kl_to_standard_normal(mean, logvar) / dims
   per_example = rec + kl_weight * kl
   metrics = {
@@ -55,27 +82,76 @@ def autoencoder_loss(key, model, x, *, reconstruction: str, decoder_std: float, 
     "kl_per_dim": jnp.mean(kl),
     "elbo_bpd": jnp.mean(elbo_bits_per_dim(x, recon, mean, logvar, decoder_std=decoder_std)),
   }
-  return jnp.mean(per_example), per_example, metrics
+  if distance is not None:
+    metrics["lpips"] = jnp.mean(distance)
+  return jnp.mean(per_example), per_example, metrics, recon
 
 
-def autoencoder(config, schedule) -> Objective:
-  """The objective of an autoencoder run (model.arch='autoencoder'): the `vae.*` settings."""
+def hinge_discriminator_loss(logits_real, logits_fake):
+  """½(E[relu(1 − D(x))] + E[relu(1 + D(x̂))]) (Lim & Ye 2017; the LDM recipe's 'hinge')."""
+  return 0.5 * (jnp.mean(jax.nn.relu(1.0 - logits_real)) + jnp.mean(jax.nn.relu(1.0 + logits_fake)))
+
+
+def adaptive_weight(rec_fn, gan_fn, recon, *, max_weight: float = 1e4):
+  """‖∇L_rec‖ / (‖∇L_G‖ + 1e-4), clipped to [0, max_weight], no gradient: the LDM recipe's balance
+  of the adversarial against the reconstruction term (Esser et al. 2021, eq. 7). LDM takes both
+  gradients at the decoder's last layer's weights; here they are taken at its output x̂, the last
+  point every parameter's gradient passes through, which needs no access to the parameters."""
+  g_rec = jax.grad(rec_fn)(jax.lax.stop_gradient(recon))
+  g_gan = jax.grad(gan_fn)(jax.lax.stop_gradient(recon))
+  weight = optax.tree.norm(g_rec) / (optax.tree.norm(g_gan) + 1e-4)
+  return jax.lax.stop_gradient(jnp.clip(weight, 0.0, max_weight))
+
+
+def autoencoder(config, schedule, lpips=None) -> Objective:
+  """The objective of an autoencoder run (model.arch='autoencoder'): the `vae.*` settings, with
+  LPIPS (`lpips`, a metrics.LPIPS module, when vae.perceptual_weight > 0) and the patch
+  discriminator's hinge loss from step vae.discriminator_start on (vae.discriminator_weight > 0)."""
   del schedule  # no diffusion here
   v = config.vae
+  perceptual_weight = v.perceptual_weight
+  use_gan = v.discriminator_weight > 0
+  lpips_net = Perceptual(lpips, config.lpips.resolution, "vae.perceptual_weight > 0")
 
-  def loss(key, networks, x0, *, t=None, weights=None):
+  def loss(key, networks, x0, *, t=None, weights=None, step=None, frozen=None):
     if t is not None:
       raise ValueError("The autoencoder objective samples no timesteps: use uniform sampling.")
-    return autoencoder_loss(
-      key,
-      networks["model"],
-      x0,
-      reconstruction=v.reconstruction,
-      decoder_std=v.decoder_std,
-      kl_weight=v.kl_weight,
-    )
+    model = networks["model"]
+    perceptual = None
+    if perceptual_weight > 0:
+      distance = lpips_net.distance(frozen)
+      perceptual = lambda a, b: perceptual_weight * distance(a, b)
+    terms = dict(
+      reconstruction=v.reconstruction, decoder_std=v.decoder_std, kl_weight=v.kl_weight,
+      perceptual=perceptual,
+    )  # fmt: skip
+    loss, per_example, metrics, recon = _vae_terms(key, model, x0, **terms)
+    if not use_gan:
+      return loss, per_example, metrics
+    on = (step >= v.discriminator_start).astype(jnp.float32)
 
-  return Objective(loss)
+    def rec_fn(r):
+      rec = reconstruction_error(
+        x0, r, reconstruction=v.reconstruction, decoder_std=v.decoder_std,
+        perceptual=None if perceptual is None else perceptual(x0, r),
+      )  # fmt: skip
+      return jnp.mean(rec)
+
+    def gan_fn(r):  # the generator's loss −E[D(x̂)], the discriminator held fixed
+      return -jnp.mean(model(r, None, critic=True, frozen_critic=True))
+
+    weight = v.discriminator_weight * adaptive_weight(rec_fn, gan_fn, recon)
+    g_loss = gan_fn(recon)
+    d_loss = hinge_discriminator_loss(
+      model(x0, None, critic=True), model(jax.lax.stop_gradient(recon), None, critic=True)
+    )
+    metrics = {**metrics, "vae_loss": loss, "g_loss": g_loss, "d_loss": d_loss, "d_weight": weight}
+    return loss + on * (weight * g_loss + d_loss), per_example, metrics
+
+  context = ("step",) if use_gan else ()
+  if perceptual_weight > 0:
+    context += ("frozen",)
+  return Objective(loss, context=context, frozen_params=lpips_net.params)
 
 
 def bound(config, schedule):
@@ -102,3 +178,17 @@ def check(config) -> None:
     raise ValueError(
       f"vae.decoder_std must be > 0 and vae.kl_weight ≥ 0, got {v.decoder_std} and {v.kl_weight}."
     )
+  if v.perceptual_weight < 0 or v.discriminator_weight < 0 or v.discriminator_start < 0:
+    raise ValueError(
+      "vae.perceptual_weight, vae.discriminator_weight and vae.discriminator_start must be ≥ 0."
+    )
+  layers = config.model.get("discriminator_layers", 0)
+  if (v.discriminator_weight > 0) != (layers > 0):
+    raise ValueError(
+      f"vae.discriminator_weight={v.discriminator_weight} needs a discriminator and "
+      f"model.discriminator_layers={layers} makes one: set both (> 0) or neither."
+    )
+
+
+def uses_lpips(config) -> bool:
+  return config.vae.perceptual_weight > 0

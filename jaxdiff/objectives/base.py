@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 from jaxdiff.diffusion import PREDICTIONS
 
@@ -22,7 +22,11 @@ class Objective:
   # what else the loss reads from the step, as keyword arguments of these names: 'step' (the
   # updates applied so far, for a curriculum), 'labels' (the batch's labels after label dropout,
   # or None; every network sees them unless called with another y, e.g. a guided teacher's null)
+  # or 'frozen' (`frozen_params` below, as the step received them)
   context: tuple[str, ...] = ()
+  # parameters of frozen helper networks the loss reads (LPIPS's), passed into the jitted step
+  # as an argument rather than baked into its program as constants; never trained or checkpointed
+  frozen_params: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,3 +47,6 @@ class ObjectiveEntry:
   bound: Callable | None = None
   # check(config) raises ValueError for settings of the objective's own config section
   check: Callable | None = None
+  # uses_lpips(config) -> True when the config asks for the LPIPS distance: run.py then loads the
+  # network from `lpips.path` and the builder gets it as build(..., lpips=module)
+  uses_lpips: Callable | None = None

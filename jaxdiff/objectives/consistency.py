@@ -26,8 +26,9 @@ import numpy as np
 from jaxdiff import guidance, preconditioning
 from jaxdiff.diffusion import compute_dtype
 from jaxdiff.objectives.base import Objective
+from jaxdiff.objectives.perceptual import Perceptual
 
-DISTANCES = ("l2", "l1", "pseudo_huber")
+DISTANCES = ("l2", "l1", "pseudo_huber", "lpips")
 WEIGHTINGS = ("uniform", "inverse_gap")
 TEACHER_SOLVERS = ("euler", "heun", "ddim")
 HUBER_C_PER_ROOT_DIM = 0.00054  # iCT: c = 0.00054·√d for data of dimension d
@@ -95,10 +96,12 @@ def _flat(x):
   return x.reshape(x.shape[0], -1)
 
 
-def distance(name: str, a, b, *, huber_c: float = 0.0):
+def distance(name: str, a, b, *, huber_c: float = 0.0, lpips=None):
   """Per-example d(a, b): 'l2' the mean squared difference and 'l1' the mean absolute one (as
   openai's code averages them), 'pseudo_huber' √(‖a − b‖² + c²) − c over the whole example
-  (iCT), c = 0.00054·√d when `huber_c` is 0."""
+  (iCT), c = 0.00054·√d when `huber_c` is 0, 'lpips' the function `lpips(a, b)` (CD's best)."""
+  if name == "lpips":
+    return lpips(a, b)
   diff = _flat(a - b).astype(jnp.float32)
   if name == "l2":
     return jnp.mean(diff**2, axis=1)
@@ -146,13 +149,13 @@ TEACHER_STEPS = {"euler": euler_step, "heun": heun_step, "ddim": euler_step}
 
 
 def pair_loss(
-  student, target, x_hi, sigma_hi, x_lo, sigma_lo, *, distance_name, huber_c, weighting
+  student, target, x_hi, sigma_hi, x_lo, sigma_lo, *, distance_name, huber_c, weighting, lpips=None
 ):
   """(mean, per-example) λ(σ_lo)·d(student(x_hi, σ_hi), sg(target(x_lo, σ_lo)))."""
   prediction = student(x_hi, sigma_hi)
   aim = jax.lax.stop_gradient(target(jax.lax.stop_gradient(x_lo), sigma_lo))
   per_example = weights_of(weighting, sigma_lo, sigma_hi) * distance(
-    distance_name, prediction, aim, huber_c=huber_c
+    distance_name, prediction, aim, huber_c=huber_c, lpips=lpips
   )
   return jnp.mean(per_example), per_example
 
@@ -200,7 +203,19 @@ def _noised(key, x0, sigma_hi, sigma_lo):
   return x0 + _expand(sigma_hi, x0) * z, x0 + _expand(sigma_lo, x0) * z
 
 
-def consistency_distillation(config, schedule, *, teacher=None) -> Objective:
+def _compare(config, s, lpips):
+  """(fn(frozen) -> pair_loss's distance keywords, the LPIPS parameters, the context it needs)."""
+  if config.consistency.distance != "lpips":
+    return (lambda frozen: s["compare"]), None, ()
+  perceptual = Perceptual(lpips, config.lpips.resolution, "consistency.distance='lpips'")
+  return (
+    lambda frozen: {**s["compare"], "lpips": perceptual.distance(frozen)},
+    perceptual.params,
+    ("frozen",),
+  )
+
+
+def consistency_distillation(config, schedule, *, teacher=None, lpips=None) -> Objective:
   """CD from `teacher`, the frozen EMA parameters of a jaxdiff run with the student's network and
   prediction, which the student starts from (Song et al. 2023 §6.1, as the paper does); None
   builds a state with the right shapes only, for a checkpoint to be restored into."""
@@ -208,7 +223,9 @@ def consistency_distillation(config, schedule, *, teacher=None) -> Objective:
   grid = preconditioning.karras_sigmas(c.sigma_max, preconditioning.SIGMA_MIN, c.num_scales)[::-1]
   teacher_step = TEACHER_STEPS[c.teacher_solver]
 
-  def loss(key, networks, x0, *, t=None, weights=None, labels=None):
+  compare, lpips_params, lpips_context = _compare(config, s, lpips)
+
+  def loss(key, networks, x0, *, t=None, weights=None, labels=None, frozen=None):
     del t, weights  # config.validate keeps importance sampling of t away
     n_key, z_key = jax.random.split(key)
     n = jax.random.randint(n_key, (x0.shape[0],), 0, c.num_scales - 1)
@@ -226,7 +243,7 @@ def consistency_distillation(config, schedule, *, teacher=None) -> Objective:
     x_lo = teacher_step(denoise, x_hi, hi, lo)
     student = _student(networks, "model", config, schedule)
     target = _student(networks, "target", config, schedule)
-    total, per_example = pair_loss(student, target, x_hi, hi, x_lo, lo, **s["compare"])
+    total, per_example = pair_loss(student, target, x_hi, hi, x_lo, lo, **compare(frozen))
     return total, per_example, {}
 
   def init_params(params):
@@ -244,16 +261,19 @@ def consistency_distillation(config, schedule, *, teacher=None) -> Objective:
       "target": _ema(extra["target"], params, c.target_ema),
     },
     init_params=None if teacher is None else init_params,
-    context=("labels",),
+    context=("labels",) + lpips_context,
+    frozen_params=lpips_params,
   )
 
 
-def consistency_training(config, schedule) -> Objective:
+def consistency_training(config, schedule, lpips=None) -> Objective:
   """CT (Song et al. 2023, Algorithm 3), its N(k) and μ(k) schedules over K = train.num_steps."""
   s, c = _settings(config, "ct"), config.consistency
   scales = {"total_steps": config.train.num_steps, "start": s["start"], "end": s["end"]}
 
-  def loss(key, networks, x0, *, t=None, weights=None, step):
+  compare, lpips_params, lpips_context = _compare(config, s, lpips)
+
+  def loss(key, networks, x0, *, t=None, weights=None, step, frozen=None):
     del t, weights
     num_scales = ct_num_scales(step, **scales)
     n_key, z_key = jax.random.split(key)
@@ -263,7 +283,7 @@ def consistency_training(config, schedule) -> Objective:
     x_hi, x_lo = _noised(z_key, x0, hi, lo)
     student = _student(networks, "model", config, schedule)
     target = _student(networks, "target", config, schedule)
-    total, per_example = pair_loss(student, target, x_hi, hi, x_lo, lo, **s["compare"])
+    total, per_example = pair_loss(student, target, x_hi, hi, x_lo, lo, **compare(frozen))
     return total, per_example, {"num_scales": num_scales}
 
   def update_extra(extra, params, step):
@@ -276,17 +296,20 @@ def consistency_training(config, schedule) -> Objective:
     loss,
     init_extra=lambda params: {"target": _copy(params)},
     update_extra=update_extra,
-    context=("step",),
+    context=("step",) + lpips_context,
+    frozen_params=lpips_params,
   )
 
 
-def improved_consistency_training(config, schedule) -> Objective:
+def improved_consistency_training(config, schedule, lpips=None) -> Objective:
   """iCT (Song & Dhariwal 2024): no target network, lognormal pairs, 1/Δσ weights, pseudo-Huber
   (consistency.distance's default), the doubling N(k) over K = train.num_steps."""
   s, c = _settings(config, "ict"), config.consistency
   scales = {"total_steps": config.train.num_steps, "start": s["start"], "end": s["end"]}
 
-  def loss(key, networks, x0, *, t=None, weights=None, step):
+  compare, lpips_params, lpips_context = _compare(config, s, lpips)
+
+  def loss(key, networks, x0, *, t=None, weights=None, step, frozen=None):
     del t, weights
     num_scales = ict_num_scales(step, **scales)
     probabilities = lognormal_pair_probabilities(
@@ -299,20 +322,15 @@ def improved_consistency_training(config, schedule) -> Objective:
     x_hi, x_lo = _noised(z_key, x0, hi, lo)
     # the student is its own target: θ⁻ = sg(θ), which is what makes CT's objective consistent
     student = _student(networks, "model", config, schedule)
-    total, per_example = pair_loss(student, student, x_hi, hi, x_lo, lo, **s["compare"])
+    total, per_example = pair_loss(student, student, x_hi, hi, x_lo, lo, **compare(frozen))
     return total, per_example, {"num_scales": num_scales}
 
-  return Objective(loss, context=("step",))
+  return Objective(loss, context=("step",) + lpips_context, frozen_params=lpips_params)
 
 
 def check(config) -> None:
   """ValueError naming the first `consistency.*` or `teacher.*` value the objectives refuse."""
   c = config.consistency
-  if c.distance == "lpips":
-    raise ValueError(
-      "consistency.distance='lpips' needs LPIPS weights, which jaxdiff does not bundle; use "
-      "'pseudo_huber' (iCT's replacement for LPIPS), 'l2' or 'l1'."
-    )
   for key, value, allowed in (
     ("distance", c.distance, DISTANCES),
     ("weighting", c.weighting, ("",) + WEIGHTINGS),
@@ -350,3 +368,7 @@ def no_bound(config, schedule):
     f"diffusion.loss={config.diffusion.loss!r} trains a consistency model, which has no "
     "likelihood bound; set --config.eval.bits_per_dim=False."
   )
+
+
+def uses_lpips(config) -> bool:
+  return config.consistency.distance == "lpips"

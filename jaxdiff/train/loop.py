@@ -16,7 +16,7 @@ from tensorboardX import SummaryWriter
 from jaxdiff import data, generate, models, parallel
 from jaxdiff import state as state_lib
 from jaxdiff.checkpoint import abstract
-from jaxdiff.run import Run, RunError, make_dataset, setup
+from jaxdiff.run import Run, RunError, setup, training_dataset
 from jaxdiff.train.step import make_train_fn
 
 
@@ -66,7 +66,7 @@ def train(config: ml_collections.ConfigDict, workdir) -> state_lib.TrainState:
   parallel.check_batch_size(config.data.batch_size, run.mesh)
   if t.steps_per_call < 1:
     raise ValueError(f"train.steps_per_call must be at least 1, got {t.steps_per_call}.")
-  iterator = iter(make_dataset(config, config.data.split))
+  iterator = iter(training_dataset(run))
   state = run.state
   restored = run.checkpointer.restore_latest(abstract(state))
   if restored is not None:

@@ -34,6 +34,7 @@ def train_step(
   state: TrainState,
   batch: dict,
   codec_params=None,
+  objective_params=None,
   *,
   model_def: ModelDef,
   objective: Objective,
@@ -41,7 +42,8 @@ def train_step(
   tx: optax.GradientTransformation,
   config: ml_collections.ConfigDict,
 ):
-  """One optimizer update on a global batch {'image': NHWC in [-1, 1], 'label'?}."""
+  """One optimizer update on a global batch {'image': NHWC in [-1, 1], 'label'?}, or with a latent
+  cache {'moments': the posterior's (mean, log-variance) on the channel axis, 'label'?}."""
   key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
   loss_key, dropout_key, label_key = jax.random.split(key, 3)
   labels = batch.get("label") if config.model.class_conditional else None
@@ -49,8 +51,13 @@ def train_step(
     # Classifier-free guidance training: replace a fraction of labels by the null class.
     drop = jax.random.bernoulli(label_key, config.model.class_dropout, labels.shape)
     labels = jnp.where(drop, config.data.num_classes, labels)
-  chex.assert_rank(batch["image"], 4)  # NHWC
-  x0 = codec.encode(codec_params, batch["image"], jax.random.fold_in(key, _CODEC_KEY))
+  codec_key = jax.random.fold_in(key, _CODEC_KEY)
+  if "moments" in batch:  # a latent cache's q(z|x) (autoencoder.cache): the encoder ran once
+    chex.assert_rank(batch["moments"], 4)
+    x0 = codec.from_moments(batch["moments"], codec_key)
+  else:
+    chex.assert_rank(batch["image"], 4)  # NHWC
+    x0 = codec.encode(codec_params, batch["image"], codec_key)
 
   t = weights = None
   if state.loss_history is not None:
@@ -69,7 +76,8 @@ def train_step(
     model = model_def.bind(params)
     nnx.reseed(model, dropout=dropout_key)
     networks = {**others, "model": lambda x, t, y=labels, **kwargs: model(x, t, y, **kwargs)}
-    context = {"step": state.step, "labels": labels}  # what an objective may ask for by name
+    # what an objective may ask for by name
+    context = {"step": state.step, "labels": labels, "frozen": objective_params}
     loss, per_example, metrics = objective.loss(
       loss_key, networks, x0, t=t, weights=weights, **{k: context[k] for k in objective.context}
     )
@@ -106,7 +114,8 @@ def train_step(
 
 def make_train_fn(mesh, state: TrainState, *, steps_per_call: int, **step_kwargs):
   """A jitted fn(state, batches, codec_params) -> (state, metrics) running `steps_per_call` steps
-  unrolled; codec_params is the codec's `params` (None for pixels).
+  unrolled; codec_params is the codec's `params` (None for pixels); the objective's
+  `frozen_params` go in as a further argument (`fn.lower` takes the same three).
 
   `batches` stacks the steps' global batches on a leading axis. The loop is a Python loop traced
   into one program rather than a `lax.scan`: XLA:CPU runs convolution backward inside a while
@@ -115,18 +124,28 @@ def make_train_fn(mesh, state: TrainState, *, steps_per_call: int, **step_kwargs
   """
   step = functools.partial(train_step, **step_kwargs)
 
-  def run(state, batches, codec_params):
+  def run(state, batches, codec_params, objective_params):
     history = []
     for i in range(steps_per_call):
-      state, metrics = step(state, jax.tree.map(lambda b: b[i], batches), codec_params)
+      batch = jax.tree.map(lambda b: b[i], batches)
+      state, metrics = step(state, batch, codec_params, objective_params)
       history.append(metrics)
     return state, jax.tree.map(lambda *m: jnp.stack(m), *history)
 
   state_sharding = parallel.state_shardings(mesh, state)
-  return jax.jit(
+  jitted = jax.jit(
     run,
-    # None: the codec's frozen parameters stay where they were placed
-    in_shardings=(state_sharding, parallel.stacked_batch_sharded(mesh), None),
+    # None: the codec's and the objective's frozen parameters stay where they were placed
+    in_shardings=(state_sharding, parallel.stacked_batch_sharded(mesh), None, None),
     out_shardings=(state_sharding, parallel.replicated(mesh)),
     donate_argnums=0,
   )
+  frozen = step_kwargs["objective"].frozen_params
+
+  def call(state, batches, codec_params):
+    return jitted(state, batches, codec_params, frozen)
+
+  call.lower = lambda state, batches, codec_params: jitted.lower(
+    state, batches, codec_params, frozen
+  )
+  return call
