@@ -19,7 +19,7 @@ frechet_distance, sample_seconds (wall seconds for all samples after compilation
 compile_seconds (the first batch less an average one), train_seconds (the run's last logged
 wall_seconds: the training time of its last process), then one summary line with each point's
 distance and speed against the teacher's DDIM-50 of the same run, and peak RSS. A run not given
-is skipped.
+is skipped. --plot=PATH also draws distance against NFE and against seconds (matplotlib).
 """
 
 from __future__ import annotations
@@ -80,6 +80,36 @@ def train_seconds(workdir: pathlib.Path):
   return round(walls[-1], 1) if walls else None
 
 
+def plot(results, path):
+  """Fréchet distance against NFE (left) and against sampling seconds (right), one series per
+  run and sampler."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+  series = {}
+  for p in results:
+    label = f"{p['run']} {p['sampler']}"
+    if p["sampler"] == "ddim":
+      label += (
+        " (leading, clipped)" if p["options"] == DDIM_DEFAULT[1] else " (trailing, unclipped)"
+      )
+    series.setdefault(label, []).append(p)
+  for label, points in series.items():
+    style = "o-" if len(points) > 1 else "s"
+    for ax, x in zip(axes, ("nfe", "sample_seconds")):
+      ax.plot([q[x] for q in points], [q["frechet_distance"] for q in points], style, label=label)
+  axes[0].set(xscale="log", xlabel="network evaluations (NFE)", ylabel="digits Fréchet distance")
+  axes[1].set(xscale="log", xlabel=f"seconds for {results[0]['num_samples']} samples")
+  axes[0].set_yscale("log")
+  axes[1].legend(fontsize=8)
+  fig.suptitle("Consistency models against their teacher on the digits")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--teacher", type=pathlib.Path)
@@ -88,6 +118,7 @@ def main():
   parser.add_argument("--num-samples", type=int, default=1000)
   parser.add_argument("--batch-size", type=int, default=500)
   parser.add_argument("--unipc-nfe", default="5,10")
+  parser.add_argument("--plot", type=pathlib.Path, help="write the figure here (PNG)")
   args = parser.parse_args()
   quality = DigitsQuality()
   loaded, results = {}, []
@@ -138,6 +169,8 @@ def main():
       for p in results
     ]
   print(json.dumps(summary))
+  if args.plot and results:
+    plot(results, args.plot)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,31 @@ from jaxdiff import cpu
 cpu.apply_xla_flags()  # jaxdiff's XLA:CPU flag, before the first JAX computation (GPUs/TPUs ignore it)
 import jax
 
+
+def jaxdiff_main(*flags, interrupt_when=None):
+  """Runs `python -m jaxdiff.main FLAGS` in the checkout and shows its output as it comes; once
+  `interrupt_when()` is true the process gets SIGTERM, what a preempted machine sends. Returns
+  the exit code."""
+  import select
+  import signal
+
+  print("$ python -m jaxdiff.main", *flags, flush=True)
+  command = [sys.executable, "-m", "jaxdiff.main", *flags]
+  proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  interrupted = False
+  while True:
+    if select.select([proc.stdout], [], [], 1.0)[0]:
+      chunk = os.read(proc.stdout.fileno(), 1 << 16)
+      if not chunk:
+        break
+      print(chunk.decode(errors="replace"), end="", flush=True)
+    if interrupt_when is not None and not interrupted and interrupt_when():
+      print("\\n>>> sending SIGTERM", flush=True)
+      proc.send_signal(signal.SIGTERM)
+      interrupted = True
+  return proc.wait()
+
+
 print("jaxdiff from", ROOT, "| JAX", jax.__version__, "|", jax.devices())'''
 
 

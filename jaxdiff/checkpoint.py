@@ -111,11 +111,13 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(self.directory, options=self._options)
 
 
-def read_latest(directory, abstract_state):
-  """(step, state) of the newest checkpoint in another run's `directory`, or None when it holds
-  none. Read-only: that run's checkpoints are not this one's to move aside or rotate, so a
-  checkpoint that cannot be read raises instead. Orbax commits a step's folder by renaming it to
-  the step number, so the numbered folders are the finished checkpoints."""
+def read_latest(directory, abstract_fields: dict):
+  """(step, {name: value}) of the fields `abstract_fields` names (e.g. {'ema_params': shapes}) in
+  the newest checkpoint of another run's `directory`, or None when it holds none. Only those
+  fields are read (a teacher's or an autoencoder's EMA weights, not its optimizer state).
+  Read-only: that run's checkpoints are not this one's to move aside or rotate, so a checkpoint
+  that cannot be read raises instead. Orbax commits a step's folder by renaming it to the step
+  number, so the numbered folders are the finished checkpoints."""
   directory = pathlib.Path(directory).absolute()
   steps = (
     sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
@@ -124,11 +126,21 @@ def read_latest(directory, abstract_state):
   )
   if not steps:
     return None
-  with ocp.StandardCheckpointer() as reader:
-    state = reader.restore(directory / str(steps[-1]) / "state", _fields(abstract_state))
-  if dataclasses.is_dataclass(abstract_state):
-    state = dataclasses.replace(abstract_state, **state)
-  return steps[-1], state
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(
+    lambda x: x if getattr(x, "sharding", None) else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+    abstract_fields,
+  )  # fmt: skip
+  with ocp.PyTreeCheckpointer() as reader:
+    fields = reader.restore(
+      directory / str(steps[-1]) / "state",
+      args=ocp.args.PyTreeRestore(
+        item=target,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True,
+      ),
+    )
+  return steps[-1], fields
 
 
 def _fields(tree):

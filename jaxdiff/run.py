@@ -244,9 +244,9 @@ def read_teacher(config: ml_collections.ConfigDict):
           f"the teacher in {workdir} has {key}={theirs.get(key)!r} but this run has "
           f"{ours[key]!r}; distil with the teacher's settings or name another teacher.workdir."
         )
-  abstract_state = abstract(build(teacher_config).state)
+  abstract_params = abstract(build(teacher_config).state.ema_params)
   try:
-    read = read_latest(workdir / "checkpoints", abstract_state)
+    read = read_latest(workdir / "checkpoints", {"ema_params": abstract_params})
   except Exception as e:  # whatever the reason, the teacher cannot be used
     raise RunError(
       f"the teacher's newest checkpoint in {workdir / 'checkpoints'} cannot be read "
@@ -257,7 +257,7 @@ def read_teacher(config: ml_collections.ConfigDict):
       f"the teacher in {workdir} has no checkpoint yet; train it first (--mode=train "
       f"--workdir={workdir})."
     )
-  return read[1].ema_params
+  return read[1]["ema_params"]
 
 
 def _has_checkpoints(workdir: pathlib.Path) -> bool:

@@ -3,8 +3,10 @@
 Big models are built with nnx.eval_shape (shapes only, nothing compiled); the parity model is tiny.
 """
 
+import collections
 import importlib.util
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -202,7 +204,8 @@ def test_fsdp_splits_the_dit_by_its_logical_axes_and_trains_like_the_replicated_
   config.data.data_dir = str(data_dir)
   config.data.batch_size = 8
   config.train.num_devices = 8
-  config.model.update(depth=2, class_dropout=0.1)  # hidden 64, 4 heads: every kernel ≥ 4096
+  # hidden 64, 4 heads, 2×2 patches: every kernel ≥ 4096
+  config.model.update(depth=2, class_dropout=0.1, hidden_size=64, patch_size=2)
   config_lib.validate(config)
   batches = synthetic_batches(config, 3)
   replicated, state_1 = losses_on(8, config, batches)
@@ -231,7 +234,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_output():
   kwargs = dict(in_channels=4, image_size=8, hidden_size=32, depth=2, num_heads=4, num_classes=10,
                 learn_sigma=True)  # fmt: skip
   ref = np.load(DATA / "dit_reference.npz")
-  tensors = {k[len("param/"):]: ref[k] for k in ref.files if k.startswith("param/")}
+  tensors = {k[len("param/") :]: ref[k] for k in ref.files if k.startswith("param/")}
   fp32 = load_dit_state_dict(DiT(**kwargs, rngs=nnx.Rngs(0)), tensors)
   bf16 = load_dit_state_dict(DiT(**kwargs, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)), tensors)
   assert {p.dtype for p in jax.tree.leaves(nnx.state(bf16, nnx.Param))} == {jnp.dtype("float32")}
@@ -242,3 +245,42 @@ def test_bfloat16_compute_keeps_float32_parameters_and_output():
   # of matmuls the output stays within a few percent, and far from the fp32 result it must not be
   err = relative_error(out, fp32(x, t, y))
   assert 1e-4 < err < 3e-2
+
+
+# --- LayerNorm's statistics as dots on CPU (jaxdiff.cpu.layer_norm) ------------------------------
+
+
+def _ln_grad_ops(platform: str, fn) -> collections.Counter:
+  x = jax.random.normal(jax.random.key(0), (2, 16, 32))
+  grad = jax.jit(jax.grad(lambda x: jnp.sum(fn(x) ** 3)))
+  text = jax.export.export(grad, platforms=(platform,))(x).mlir_module()
+  return collections.Counter(re.findall(r"stablehlo\.\w+", text))
+
+
+def test_layer_norm_dots_equal_the_definition_and_stay_on_cpu(monkeypatch):
+  from jaxdiff import cpu
+  from jaxdiff.cpu import layer_norm
+
+  x = 3.0 + 2.0 * jax.random.normal(jax.random.key(1), (4, 16, 64))
+  # float32 sums of 64 terms in another order: ~1e-7 relative
+  assert relative_error(layer_norm.dots(x, 1e-6), layer_norm.forward(x, 1e-6)) < 1e-5
+  f = lambda fn: jax.grad(lambda x: jnp.sum(fn(x, 1e-6) ** 3))(x)
+  assert relative_error(f(layer_norm.dots), f(layer_norm.forward)) < 1e-5
+  # the dots are a CPU measurement: GPU and TPU programs keep the definition's reductions
+  switch_ops = (
+    "stablehlo.case",
+    "stablehlo.return",
+    "stablehlo.constant",
+    "stablehlo.broadcast_in_dim",
+  )
+  arithmetic = lambda ops: {k: v for k, v in ops.items() if k not in switch_ops}
+  definition = lambda x: layer_norm.forward(x, 1e-6)
+  for platform in ("cuda", "tpu"):
+    ops = _ln_grad_ops(platform, lambda x: cpu.normalize_last(x, 1e-6))
+    assert "stablehlo.dot_general" not in ops
+    assert arithmetic(ops) == arithmetic(_ln_grad_ops(platform, definition))
+  assert _ln_grad_ops("cpu", lambda x: cpu.normalize_last(x, 1e-6))["stablehlo.dot_general"] >= 2
+  monkeypatch.setenv(cpu.LAYER_NORM_ENV, "0")
+  assert _ln_grad_ops("cpu", lambda x: cpu.normalize_last(x, 1e-6)) == _ln_grad_ops(
+    "cpu", definition
+  )

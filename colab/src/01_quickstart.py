@@ -52,8 +52,6 @@ print(jax.device_count(), "device(s) in", jax.process_count(), "process(es)")
 # folder of your Google Drive instead.
 
 # %%
-import select
-import signal
 import tempfile
 
 WORKDIR = pathlib.Path(tempfile.mkdtemp(prefix="jaxdiff-quickstart-"))
@@ -64,29 +62,6 @@ if QUICK:
   # One optimizer step per compiled call compiles faster than the default's 4 unrolled steps,
   # which pays off only over hundreds of steps; checkpoint early so the interruption below has one.
   TRAIN_FLAGS += ["--config.train.steps_per_call=1", "--config.train.checkpoint_every=10"]
-
-
-def jaxdiff_main(*flags, interrupt_when=None):
-  """Runs `python -m jaxdiff.main FLAGS` in the checkout and shows its output as it comes.
-
-  Once `interrupt_when()` is true the process gets SIGTERM, what a preempted machine sends.
-  Returns the exit code.
-  """
-  print("$ python -m jaxdiff.main", *flags, flush=True)
-  command = [sys.executable, "-m", "jaxdiff.main", *flags]
-  proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-  interrupted = False
-  while True:
-    if select.select([proc.stdout], [], [], 1.0)[0]:
-      chunk = os.read(proc.stdout.fileno(), 1 << 16)
-      if not chunk:
-        break
-      print(chunk.decode(errors="replace"), end="", flush=True)
-    if interrupt_when is not None and not interrupted and interrupt_when():
-      print("\n>>> sending SIGTERM", flush=True)
-      proc.send_signal(signal.SIGTERM)
-      interrupted = True
-  return proc.wait()
 
 
 def checkpoint_steps():

@@ -7,8 +7,8 @@
 # transformer blocks, conditioned on the timestep and the class through adaLN-Zero (a scale,
 # shift and gate per block computed from the conditioning), predicts the output patch by patch.
 #
-# This notebook trains `configs/digits_dit.py` (a 0.33M-parameter DiT: 2×2 patches, so 64 tokens
-# for a 16×16 digit; hidden size 64, 4 blocks of 4 heads), shows classifier-free guidance scales
+# This notebook trains `configs/digits_dit.py` (a 1.87M-parameter DiT: 4×4 patches, so 16 tokens
+# for a 16×16 digit; hidden size 128, 6 blocks of 4 heads), shows classifier-free guidance scales
 # side by side, looks at the patch tokens and at what each block attends to, and, if you give it
 # the path of a published DiT checkpoint, samples from that.
 #
@@ -134,10 +134,10 @@ for g, images in by_scale.items():
 # %% [markdown]
 # ## Patches and tokens
 #
-# The network never sees pixels one by one: a stride-p convolution turns each 2×2 patch into a
-# 64-wide token, a fixed 2-D sine-cosine position embedding is added, and the 64 tokens go through
-# the blocks as a sequence. Left: a training digit cut into its 8×8 grid of patches (the digits
-# are 8×8 scans upsampled 2×, so each patch holds one original pixel). Right: the
+# The network never sees pixels one by one: a stride-p convolution turns each 4×4 patch into a
+# 128-wide token, a fixed 2-D sine-cosine position embedding is added, and the 16 tokens go through
+# the blocks as a sequence. Left: a training digit cut into its 4×4 grid of patches (the digits
+# are 8×8 scans upsampled 2×, so each patch holds 2×2 original pixels). Right: the
 # similarity of the position embedding of one patch (the red square) to those of all others,
 # which is how the model knows where a token sits.
 
@@ -147,7 +147,7 @@ dit = run.model_def.bind(state.ema_params)
 dit.eval()
 g, p, hidden = dit.grid_size, dit.patch_size, dit.hidden_size
 positions = sincos_position_embedding(hidden, g)
-query = 3 * g + 4  # row 3, column 4
+query = (g // 2 - 1) * g + g // 2  # a patch near the middle (row g/2 − 1, column g/2)
 similarity = (
   positions
   @ positions[query]
@@ -216,7 +216,7 @@ y = jnp.asarray(digits_classifier.digits_split("train")[1][:1])
 out, maps = attention_maps(dit, x_t, t, y)
 assert np.allclose(out, dit(x_t, t, y), atol=1e-4)
 
-queries = [2 * g + 2, 5 * g + 5]
+queries = [(g // 4) * g + g // 4, (3 * g // 4) * g + 3 * g // 4]  # upper left, lower right
 depth = maps.shape[1]
 fig, axes = plt.subplots(len(queries), depth + 1, figsize=(2 * (depth + 1), 2.1 * len(queries)))
 for r, q in enumerate(queries):

@@ -31,27 +31,11 @@ QUICK = False  # True: a few dozen steps per stage (CI, a first look); False: th
 # The digits default, trained from the command line into a temporary workdir.
 
 # %%
-import select
 import tempfile
 import time
 
 WORKDIR = pathlib.Path(tempfile.mkdtemp(prefix="jaxdiff-consistency-"))
 TEACHER_DIR, CD_DIR = WORKDIR / "teacher", WORKDIR / "cd"
-
-
-def jaxdiff_main(*flags):
-  """Runs `python -m jaxdiff.main FLAGS` in the checkout, shows its output as it comes, and
-  returns the exit code."""
-  print("$ python -m jaxdiff.main", *flags, flush=True)
-  command = [sys.executable, "-m", "jaxdiff.main", *flags]
-  proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-  while True:
-    if select.select([proc.stdout], [], [], 1.0)[0]:
-      chunk = os.read(proc.stdout.fileno(), 1 << 16)
-      if not chunk:
-        break
-      print(chunk.decode(errors="replace"), end="", flush=True)
-  return proc.wait()
 
 
 def quick_flags(steps):

@@ -21,11 +21,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from jaxdiff import models
-from jaxdiff.checkpoint import Checkpointer
+from jaxdiff.checkpoint import read_latest
 from jaxdiff.codecs.base import Codec
 from jaxdiff.convert.converted import CONFIG_FILE, load_converted
 from jaxdiff.models.autoencoder import AutoencoderKL, sample_posterior
@@ -62,20 +61,12 @@ def _from_workdir(folder: pathlib.Path) -> AutoencoderKL:
   if network is None or network.module is not AutoencoderKL:
     # a diffusion workdir by mistake: say so rather than failing on a parameter mismatch
     raise ValueError(f"{folder} is a {config.model.arch!r} run, not an autoencoder: {HINT}.")
-  steps = Checkpointer(folder / "checkpoints", async_save=False).steps()
-  if not steps:
-    raise ValueError(f"{folder} has no checkpoint yet: train the autoencoder first.")
   spec = models.NetworkSpec(in_channels=config.data.channels, image_size=config.data.image_size)
   model = models.abstract(config.model, spec)
-  with ocp.StandardCheckpointer() as checkpointer:
-    saved = checkpointer.restore(folder / "checkpoints" / str(steps[-1]) / "state")["ema_params"]
-  flat = []
-  for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-    node = saved
-    for part in path:  # Orbax stores list indices as string keys
-      node = node[part] if part in node else node[str(part)]
-    flat.append((path, variable.replace(jnp.asarray(node["value"], variable.dtype))))
-  nnx.update(model, nnx.from_flat_state(flat))
+  read = read_latest(folder / "checkpoints", {"ema_params": nnx.state(model, nnx.Param)})
+  if read is None:
+    raise ValueError(f"{folder} has no checkpoint yet: train the autoencoder first.")
+  nnx.update(model, read[1]["ema_params"])
   return model
 
 

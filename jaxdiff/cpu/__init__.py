@@ -8,6 +8,9 @@ XLA:CPU flag --xla_cpu_experimental_ynn_fusion_type=individual_dot (xla_flags.py
 GroupNorm closed-form backward (group_norm.py): CIFAR-10 U-Net train step 10-15% faster.
   Default: on, CPU only (GPU/TPU programs get autodiff's backward).
   Off: JAXDIFF_GROUP_NORM_BACKWARD=0 or `settings.group_norm_backward = False`.
+LayerNorm statistics as dots (layer_norm.py): the digits DiT's train step 1.5x faster.
+  Default: on, CPU only (GPU/TPU programs get the plain reductions).
+  Off: JAXDIFF_LAYER_NORM_DOTS=0 or `settings.layer_norm_dots = False`.
 Winograd forward of float32 3x3 convolutions (winograd.py): train ~1.1x, DDIM ~1.3x faster, but
   3-4x the compile time of the CIFAR-10 U-Net's train step and several times the peak memory.
   Default: off. On: JAXDIFF_WINOGRAD=1 or `settings.winograd = True` (CPU only, still).
@@ -26,11 +29,15 @@ import os
 import jax
 from jax import lax
 
-from jaxdiff.cpu import group_norm as _group_norm, winograd as _winograd, xla_flags as _xla_flags
+from jaxdiff.cpu import group_norm as _group_norm
+from jaxdiff.cpu import layer_norm as _layer_norm
+from jaxdiff.cpu import winograd as _winograd
+from jaxdiff.cpu import xla_flags as _xla_flags
 
 XLA_FLAGS_ENV = "JAXDIFF_DEFAULT_XLA_FLAGS"
 GROUP_NORM_ENV = "JAXDIFF_GROUP_NORM_BACKWARD"
 WINOGRAD_ENV = "JAXDIFF_WINOGRAD"
+LAYER_NORM_ENV = "JAXDIFF_LAYER_NORM_DOTS"
 _FALSE, _TRUE = ("0", "false", "no", "off"), ("1", "true", "yes", "on")
 
 
@@ -40,6 +47,7 @@ class Settings:
 
   group_norm_backward: bool | None = None
   winograd: bool | None = None
+  layer_norm_dots: bool | None = None
 
 
 settings = Settings()
@@ -71,6 +79,13 @@ def group_norm_backward_enabled() -> bool:
   return _switch(GROUP_NORM_ENV, True)
 
 
+def layer_norm_dots_enabled() -> bool:
+  """Whether LayerNorm computes its statistics as dots on CPU (default yes)."""
+  if settings.layer_norm_dots is not None:
+    return settings.layer_norm_dots
+  return _switch(LAYER_NORM_ENV, True)
+
+
 def winograd_enabled() -> bool:
   """Whether float32 3x3 convolutions may run as Winograd on CPU (default no)."""
   if settings.winograd is not None:
@@ -85,6 +100,7 @@ def status() -> dict:
     "xla_flags": [f for f in _xla_flags.CPU_DEFAULTS if f in flags],
     "group_norm_backward": group_norm_backward_enabled(),
     "winograd": winograd_enabled(),
+    "layer_norm_dots": layer_norm_dots_enabled(),
   }
 
 
@@ -94,6 +110,14 @@ def normalize_groups(x: jax.Array, scale, bias, eps: float, groups: int) -> jax.
   if group_norm_backward_enabled():
     return _group_norm.group_norm(x, scale, bias, eps, groups)
   return _group_norm.forward(x, scale, bias, eps, groups)
+
+
+def normalize_last(x: jax.Array, eps: float) -> jax.Array:
+  """Layer norm of x over its last axis, no affine (jaxdiff.cpu.layer_norm.forward's values), its
+  statistics as dots on CPU when that is on, reductions otherwise and on every other platform."""
+  if layer_norm_dots_enabled():
+    return _layer_norm.layer_norm(x, eps)
+  return _layer_norm.forward(x, eps)
 
 
 def conv_general_dilated(*args, **kwargs) -> jax.Array:

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxdiff import cpu
 from jaxdiff.models.layers import (
   REMAT_POLICIES,
   check_remat,
@@ -81,11 +82,9 @@ def sincos_position_embedding(dim: int, grid_size: int) -> np.ndarray:
 
 
 def _layer_norm(x: jax.Array, eps: float = LAYER_NORM_EPS) -> jax.Array:
-  """LayerNorm without affine parameters (adaLN supplies scale and shift), statistics in float32."""
-  x32 = x.astype(jnp.float32)
-  mean = jnp.mean(x32, axis=-1, keepdims=True)
-  var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-  return (x32 - mean) * jax.lax.rsqrt(var + eps)
+  """LayerNorm without affine parameters (adaLN supplies scale and shift), statistics in float32
+  (as dots on CPU: jaxdiff.cpu.layer_norm)."""
+  return cpu.normalize_last(x, eps)
 
 
 def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
