@@ -11,6 +11,7 @@ import subprocess
 import sys
 import types
 
+import fake_torch
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -172,22 +173,6 @@ def test_not_a_dit_state_dict_is_one_clear_error():
     dit_kwargs_from_state_dict({**_original_tensors(), "pos_embed": np.zeros((1, 15, 32))})
 
 
-class _FakeTensor:
-  """What read_torch_state_dict uses of a torch tensor."""
-
-  def __init__(self, array):
-    self.array = array
-
-  def detach(self):
-    return self
-
-  def float(self):
-    return _FakeTensor(self.array.astype(np.float32))
-
-  def numpy(self):
-    return self.array
-
-
 def _fake_torch(checkpoint):
   """A stand-in `torch` module whose `load` returns `checkpoint` (the suite has no PyTorch; the
   real torch.load path was checked against the original with tests/make_dit_reference.py's env)."""
@@ -197,26 +182,23 @@ def _fake_torch(checkpoint):
     calls.append(weights_only)
     return checkpoint
 
-  torch = types.ModuleType("torch")
-  torch.load = load
-  torch.is_tensor = lambda v: isinstance(v, _FakeTensor)
-  torch.serialization = types.SimpleNamespace(safe_globals=lambda allowed: contextlib.nullcontext())
-  return torch, calls
+  serialization = types.SimpleNamespace(safe_globals=lambda allowed: contextlib.nullcontext())
+  return fake_torch.module(load, serialization=serialization), calls
 
 
 def test_dit_checkpoint_takes_the_ema_weights_and_loads_only_tensors(tmp_path, monkeypatch):
   path = tmp_path / "ckpt.pt"
   path.write_bytes(b"")  # torch.load is faked: only its existence is checked
-  tensors = {k: _FakeTensor(v) for k, v in _original_tensors().items()}
+  tensors = {k: fake_torch.FakeTensor(v) for k, v in _original_tensors().items()}
   # train.py's checkpoint layout: the EMA weights are the ones to take, "model" is the raw one
-  raw = {k: _FakeTensor(np.zeros_like(v.array)) for k, v in tensors.items()}
+  raw = {k: fake_torch.FakeTensor(np.zeros_like(v.array)) for k, v in tensors.items()}
   torch, calls = _fake_torch({"model": raw, "ema": tensors, "opt": {}, "args": None})
   monkeypatch.setitem(sys.modules, "torch", torch)
   ref = _reference("dit_reference.npz")
   assert relative_error(_run(load_dit_checkpoint(path, num_heads=4), ref), ref["out"]) <= TOLERANCE
   assert calls == [True]  # weights_only: no pickled code ever runs
   # a checkpoint whose values are not all tensors is refused in one sentence
-  torch, _ = _fake_torch({"weight": _FakeTensor(np.zeros(3)), "step": 5})
+  torch, _ = _fake_torch({"weight": fake_torch.FakeTensor(np.zeros(3)), "step": 5})
   monkeypatch.setitem(sys.modules, "torch", torch)
   with pytest.raises(ValueError, match="holds no state dict of tensors"):
     load_dit_checkpoint(path)

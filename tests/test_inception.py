@@ -9,9 +9,9 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import chex
+import fake_torch
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -20,7 +20,7 @@ from numerics import relative_error
 from safetensors.numpy import load_file, save_file
 
 from jaxdiff.convert.__main__ import main
-from jaxdiff.convert.pytorch_fid_inception import TORCH_INSTALL
+from jaxdiff.convert.torch_files import TORCH_INSTALL
 from jaxdiff.metrics import (
   fid_from_features,
   images_from_uint8,
@@ -159,31 +159,18 @@ def test_load_reports_missing_unused_and_misshaped_tensors(weights, tmp_path):
     load_inception(tmp_path / "absent.safetensors")
 
 
-class _FakeTensor:
-  def __init__(self, array: np.ndarray):
-    self.array = array
-
-  def detach(self):
-    return self
-
-  def float(self):
-    return _FakeTensor(self.array.astype(np.float32))
-
-  def numpy(self):
-    return self.array
-
-
 def test_convert_loads_weights_only_and_drops_step_counters(weights, monkeypatch, tmp_path):
   calls = []
 
   def load(path, **kwargs):
     calls.append(kwargs)
-    state = {k: _FakeTensor(v) for k, v in weights.items()}
-    state["Mixed_5b.branch1x1.bn.num_batches_tracked"] = _FakeTensor(np.array(0, np.int64))
+    state = {k: fake_torch.FakeTensor(v) for k, v in weights.items()}
+    state["Mixed_5b.branch1x1.bn.num_batches_tracked"] = fake_torch.FakeTensor(
+      np.array(0, np.int64)
+    )
     return state
 
-  fake_torch = types.SimpleNamespace(load=load, is_tensor=lambda v: isinstance(v, _FakeTensor))
-  monkeypatch.setitem(sys.modules, "torch", fake_torch)
+  monkeypatch.setitem(sys.modules, "torch", fake_torch.module(load))
   src, dst = tmp_path / "pt_inception.pth", tmp_path / "inception.safetensors"
   src.write_bytes(b"")
   assert main(["pytorch-fid-inception", str(src), str(dst)]) == 0

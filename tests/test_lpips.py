@@ -8,8 +8,8 @@ torch.load is a stand-in here (the real one was checked with that script's --ful
 
 import os
 import sys
-import types
 
+import fake_torch
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +19,7 @@ from safetensors.numpy import load_file, save_file
 
 from jaxdiff.convert import convert_lpips
 from jaxdiff.convert.__main__ import main
-from jaxdiff.convert.pytorch_fid_inception import TORCH_INSTALL
+from jaxdiff.convert.torch_files import TORCH_INSTALL
 from jaxdiff.metrics import LPIPS, load_lpips
 from jaxdiff.metrics.lpips import expected_torch_shapes, lpips_from_tensors
 
@@ -145,22 +145,6 @@ def test_load_lpips_round_trips_and_refuses_other_files(tensors, model, referenc
   _one_sentence(e)
 
 
-class _FakeTensor:
-  """What the converter uses of a torch tensor."""
-
-  def __init__(self, array: np.ndarray):
-    self.array = array
-
-  def detach(self):
-    return self
-
-  def float(self):
-    return _FakeTensor(self.array.astype(np.float32))
-
-  def numpy(self):
-    return self.array
-
-
 def _fake_torch(monkeypatch, files: dict) -> list:
   """A stand-in `torch` whose `load` returns `files[basename]` as fake tensors (the suite has no
   PyTorch); the calls' keyword arguments are recorded."""
@@ -168,10 +152,9 @@ def _fake_torch(monkeypatch, files: dict) -> list:
 
   def load(path, **kwargs):
     calls.append(kwargs)
-    return {k: _FakeTensor(v) for k, v in files[os.path.basename(path)].items()}
+    return {k: fake_torch.FakeTensor(v) for k, v in files[os.path.basename(path)].items()}
 
-  torch = types.SimpleNamespace(load=load, is_tensor=lambda v: isinstance(v, _FakeTensor))
-  monkeypatch.setitem(sys.modules, "torch", torch)
+  monkeypatch.setitem(sys.modules, "torch", fake_torch.module(load))
   return calls
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from jaxdiff.convert.converted import new_output_folder, save_converted
-from jaxdiff.convert.pytorch_fid_inception import TORCH_INSTALL
+from jaxdiff.convert.torch_files import import_torch
 from jaxdiff.models.dit import DIT_PRESETS, DiT
 from jaxdiff.models.table import abstract_module
 
@@ -149,10 +149,7 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   sample.py does), else its "model"."""
   if not os.path.isfile(path):
     raise ValueError(f"{path} does not exist: pass a facebookresearch/DiT .pt checkpoint.")
-  try:
-    import torch  # optional: needed to read PyTorch pickles only
-  except ImportError as e:
-    raise ImportError(f"Reading a PyTorch .pt file needs PyTorch: {TORCH_INSTALL}") from e
+  torch = import_torch(".pt")
   try:
     # weights_only: no pickled code is ever run; train.py's checkpoints also hold its argparse args
     with torch.serialization.safe_globals([argparse.Namespace]):
