@@ -126,11 +126,13 @@ def read_latest(directory, abstract_fields: dict):
   )
   if not steps:
     return None
+  # shapes without a sharding (an nnx.eval_shape model's) are read onto this process's first device
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(
-    lambda x: x if getattr(x, "sharding", None) else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-    abstract_fields,
-  )  # fmt: skip
+
+  def placed(x):
+    return x if x.sharding else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device)
+
+  target = jax.tree.map(placed, abstract_fields)
   with ocp.PyTreeCheckpointer() as reader:
     fields = reader.restore(
       directory / str(steps[-1]) / "state",
