@@ -68,12 +68,7 @@ def _dit_xl2(config_lib):
 
 
 def _cifar10_unet(config_lib):
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location("cifar10", REPO / "configs" / "cifar10.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(), 128  # Ho et al.'s batch size
+  return config_lib.load_file(REPO / "configs" / "cifar10.py"), 128  # Ho et al.'s batch size
 
 
 MODELS = {"dit-xl2": _dit_xl2, "cifar10-unet": _cifar10_unet}

@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from digits_quality import DigitsQuality  # noqa: E402
 
+from jaxdiff import config as config_lib  # noqa: E402
 from jaxdiff import generate  # noqa: E402
 from jaxdiff import run as run_lib  # noqa: E402
 
@@ -56,12 +57,7 @@ VARIANTS = {
 
 
 def load_config(path: pathlib.Path):
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location("config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_file(path)
 
 
 def draw(run, state, step, sampler, options, num_steps, count, batch_size):

@@ -77,6 +77,13 @@ cpu.apply_xla_flags()  # jaxdiff's XLA:CPU flag, before the first JAX computatio
 import jax
 
 
+def load_config(name):
+  """configs/<name>.py's config, as --config=configs/<name>.py reads it."""
+  from jaxdiff.config import load_file
+
+  return load_file(ROOT / "configs" / f"{{name}}.py")
+
+
 def jaxdiff_main(*flags, interrupt_when=None):
   """Runs `python -m jaxdiff.main FLAGS` in the checkout and shows its output as it comes; once
   `interrupt_when()` is true the process gets SIGTERM, what a preempted machine sends. Returns

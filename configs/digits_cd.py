@@ -23,16 +23,13 @@ teacher's 1.52 with DDIM-50 as `sample.sampler=ddim` draws (leading, clipped) an
 DDIM-50. 800 steps (N = 11) gave 1.18 and 1.20, N = 18 at lr 1e-4 gave 1.26 and 1.10.
 """
 
-import importlib.util
 import pathlib
+
+from jaxdiff.config import load_file
 
 
 def get_config():
-  path = pathlib.Path(__file__).with_name("digits.py")
-  spec = importlib.util.spec_from_file_location("digits_config", path)
-  digits = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(digits)
-  c = digits.get_config()
+  c = load_file(pathlib.Path(__file__).with_name("digits.py"))
   c.diffusion.loss = "consistency_distillation"
   c.diffusion.min_snr_gamma = 0.0  # a diffusion loss's weighting, not read by CD
   c.consistency.num_scales = 11  # 10 teacher jumps: fewer links for consistency to travel up

@@ -11,22 +11,13 @@ for the 64-wide, 4-block DiT on 2×2 patches this config had first (64 tokens co
 wider blocks); learning rates 1e-3 / 6e-3 scored 8.29 / 1.07.
 """
 
-import importlib.util
 import pathlib
 
-from jaxdiff.config import default_config
-
-
-def _digits_config():
-  path = pathlib.Path(__file__).with_name("digits.py")
-  spec = importlib.util.spec_from_file_location("digits_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from jaxdiff.config import default_config, load_file
 
 
 def get_config():
-  c = _digits_config()
+  c = load_file(pathlib.Path(__file__).with_name("digits.py"))
   c.model = default_config(arch="dit").model  # the DiT's model.* keys, none of the U-Net's
   c.model.class_conditional = True
   c.model.class_dropout = 0.1

@@ -8,16 +8,13 @@ default's sampler when this config was made; at η = 0 DDIM does not use the var
 Compare the test-split bound of the two with `--mode=eval` (see README).
 """
 
-import importlib.util
 import pathlib
+
+from jaxdiff.config import load_file
 
 
 def get_config():
-  path = pathlib.Path(__file__).with_name("digits.py")
-  spec = importlib.util.spec_from_file_location("digits_config", path)
-  digits = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(digits)
-  c = digits.get_config()
+  c = load_file(pathlib.Path(__file__).with_name("digits.py"))
   c.model.learn_sigma = True
   c.diffusion.loss = "hybrid"
   c.diffusion.vlb_weight = 0.001

@@ -21,20 +21,13 @@ patches of the 8×8 latents — the same 8×8 grid the pixel default reaches wit
 UniPC does not clip its x̂_0 (latents are not in [-1, 1]); decoded images are clipped.
 """
 
-import importlib.util
 import pathlib
 
-
-def _digits_config():
-  path = pathlib.Path(__file__).with_name("digits.py")
-  spec = importlib.util.spec_from_file_location("digits_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from jaxdiff.config import load_file
 
 
 def get_config():
-  c = _digits_config()
+  c = load_file(pathlib.Path(__file__).with_name("digits.py"))
   c.data.image_size = 32
   c.codec.name = "autoencoder"
   c.autoencoder.path = ""  # required: --config.autoencoder.path=WORKDIR_OF_digits_vae

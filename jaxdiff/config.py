@@ -8,12 +8,23 @@ belongs to: the network's keys (`model.*`) come from the network table, the samp
 """
 
 import dataclasses
+import importlib.util
+import pathlib
 import typing
 
 import ml_collections
 
 from jaxdiff import codecs, models, objectives, preconditioning, samplers, schedules
 from jaxdiff.state import COMPUTE_DTYPES
+
+
+def load_file(path: str | pathlib.Path, *args) -> ml_collections.ConfigDict:
+  """The config of a config file (configs/*.py): its `get_config(*args)`, as --config= reads it.
+  A config that derives from another (digits_latent from digits) loads that one with this."""
+  spec = importlib.util.spec_from_file_location(f"config_{pathlib.Path(path).stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)
 
 
 def default_config(arch: str = "unet") -> ml_collections.ConfigDict:

@@ -1,6 +1,5 @@
 """Every shipped config builds its real architecture and trains on (mock) data of its dataset."""
 
-import importlib.util
 import pathlib
 
 import jax
@@ -8,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from jaxdiff import config as config_lib
 from jaxdiff import data, parallel
 from jaxdiff import run as run_lib
 from jaxdiff.config import default_config, validate
@@ -17,10 +17,7 @@ CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 
 def load(name):
-  spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_file(CONFIGS / f"{name}.py")
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS.glob("*.py")))

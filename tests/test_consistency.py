@@ -4,7 +4,6 @@ optimum, and CD through the trainer: a teacher run, exact resume of all three pa
 the teacher checks, sampling the student."""
 
 import dataclasses
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -33,10 +32,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def cd_config(data_dir, teacher, **overrides):  # noqa: F811
   """configs/digits_cd.py with the trainer tests' TINY sizes (the student of a TINY teacher)."""
-  spec = importlib.util.spec_from_file_location("digits_cd", ROOT / "configs" / "digits_cd.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_file(ROOT / "configs" / "digits_cd.py")
   wanted = {
     **TINY,
     "data.data_dir": str(data_dir),

@@ -2,7 +2,6 @@
 Algorithm 1 of Song et al. 2023 in float64, the σ defaults, the table entry and its config checks,
 guidance, and a consistency run's generation path."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -177,10 +176,7 @@ def test_the_config_checks_sigmas_against_the_sampler_and_num_steps():
 
 
 def _digits_config():
-  spec = importlib.util.spec_from_file_location("digits_config", ROOT / "configs" / "digits.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_file(ROOT / "configs" / "digits.py")
 
 
 def test_a_consistency_run_generates_through_the_one_generation_path():

@@ -2,7 +2,6 @@
 alone, against the DiT paper's figures, the original code's counts and the DDPM CIFAR-10 U-Net's;
 and `model.preset`, the paper's twelve DiT configurations by name."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -74,10 +73,7 @@ def test_dit_presets_count_and_gflops_as_the_paper(name):
 
 
 def _load_config(path, *args):
-  spec = importlib.util.spec_from_file_location("config_under_test", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(*args)
+  return config_lib.load_file(path, *args)
 
 
 def test_cifar10_unet_is_the_ddpm_one(tmp_path):

@@ -4,7 +4,6 @@ Big models are built with nnx.eval_shape (shapes only, nothing compiled); the pa
 """
 
 import collections
-import importlib.util
 import pathlib
 import re
 
@@ -161,11 +160,9 @@ def test_remat_gives_the_same_output():
 
 
 def _digits_dit_config():
-  path = pathlib.Path(__file__).resolve().parent.parent / "configs" / "digits_dit.py"
-  spec = importlib.util.spec_from_file_location("digits_dit", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_file(
+    pathlib.Path(__file__).resolve().parent.parent / "configs" / "digits_dit.py"
+  )
 
 
 def test_default_config_of_dit_has_only_its_own_model_keys():

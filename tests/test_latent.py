@@ -2,7 +2,6 @@
 autoencoder codec (a VAE workdir or a converted diffusers folder), latent runs with the U-Net and
 the DiT, and the errors a user can cause."""
 
-import importlib.util
 import json
 import math
 import pathlib
@@ -32,10 +31,7 @@ VAE_FOLDER = ROOT / "tests" / "data" / "vae_kl"  # a tiny random diffusers Autoe
 
 
 def _config(name):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_file(ROOT / "configs" / f"{name}.py")
 
 
 def tiny_vae_config(data_dir, workdir_steps=4):  # noqa: F811

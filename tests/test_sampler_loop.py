@@ -1,7 +1,6 @@
 """The sampler loop and table: pytree carries, fractional model times, the table as the config's
 source of truth, and clear errors at the samplers' boundary."""
 
-import importlib.util
 import math
 import pathlib
 
@@ -87,10 +86,7 @@ def test_boundary_errors_name_the_mistake():
 
 
 def _digits_config():
-  spec = importlib.util.spec_from_file_location("digits_config", ROOT / "configs" / "digits.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_file(ROOT / "configs" / "digits.py")
 
 
 def test_the_config_schema_and_choices_come_from_the_tables():

@@ -1,6 +1,5 @@
 """The trainer: sharding invariance, checkpoints, exact resume after SIGKILL, NaN stop, the CLI."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -16,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from jaxdiff import config as config_lib
 from jaxdiff import data, generate, parallel
 from jaxdiff import run as run_lib
 from jaxdiff.checkpoint import Checkpointer, abstract
@@ -46,10 +46,7 @@ TINY = {
 
 
 def digits_config():
-  spec = importlib.util.spec_from_file_location("digits_config", ROOT / "configs" / "digits.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_file(ROOT / "configs" / "digits.py")
 
 
 def tiny_config(data_dir, **overrides):

@@ -27,7 +27,6 @@ QUICK = False  # True: a barely trained model and one NFE budget (CI, a first lo
 
 # %%
 import dataclasses
-import importlib.util
 import tempfile
 import time
 
@@ -38,14 +37,6 @@ from jaxdiff import generate, metrics, samplers
 from jaxdiff import run as run_lib
 from jaxdiff.metrics import digits_classifier
 from jaxdiff.train import loop
-
-
-def load_config(name):
-  """configs/<name>.py's get_config()."""
-  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 config = load_config("digits")

@@ -28,7 +28,6 @@ QUICK = False  # True: barely trained models and a coarse bound (CI, a first loo
 # in its own working directory.
 
 # %%
-import importlib.util
 import math
 import tempfile
 
@@ -40,14 +39,6 @@ from jaxdiff import diffusion, evaluation, likelihood
 from jaxdiff import run as run_lib
 from jaxdiff.metrics.digits_classifier import digits_split
 from jaxdiff.train import loop
-
-
-def load_config(name):
-  """configs/<name>.py's get_config()."""
-  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 MODELS = {"fixed variances": "digits", "learned variances": "digits_hybrid"}

@@ -38,7 +38,6 @@ DIT_GUIDANCE, DIT_NUM_STEPS = 4.0, 250  # DiT's sample.py: guidance 4, DDPM on 2
 # would.
 
 # %%
-import importlib.util
 import tempfile
 
 import jax.numpy as jnp
@@ -51,14 +50,6 @@ from jaxdiff import run as run_lib
 from jaxdiff.metrics import digits_classifier
 from jaxdiff.models.dit import LAYER_NORM_EPS, sincos_position_embedding
 from jaxdiff.train import loop
-
-
-def load_config(name):
-  """configs/<name>.py's get_config()."""
-  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 config = load_config("digits_dit")
