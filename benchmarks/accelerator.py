@@ -10,10 +10,12 @@ data-parallel mesh, on a fixed synthetic batch (this measures the step, not the 
   dit-xl2       DiT-XL/2 on 32×32×4 latents (256² ImageNet through the SD autoencoder), 1000
                 classes, learned variance with L_hybrid, AdamW 1e-4, EMA 0.9999 (Peebles & Xie).
   cifar10-unet  configs/cifar10.py: the DDPM CIFAR-10 U-Net (35.7M parameters), ε-MSE.
+  digits-dit    configs/digits_dit.py at its own batch: a seconds-long check that the script works
+                (not run unless named).
 
 Fields: model, backend, device_kind, devices, dtype (compute; parameters stay float32), batch
 (global), steps (timed, after one untimed warm-up call), step_ms (mean over the timed steps),
-examples_per_sec, trace_s and compile_s (tracing + lowering, then XLA compilation of the step),
+examples_per_sec, attention (the DiT's kernel: cudnn or xla), trace_s and compile_s (tracing + lowering, then XLA compilation of the step),
 step_tflop (XLA's cost analysis of the compiled step: one device's share, so what that device
 executes, rematerialization included), tflops_per_device (achieved), peak_tflops (the chip's
 dense bf16 peak, PEAK_BF16_TFLOPS; null for an unknown device or CPU), mfu (achieved / peak, null
@@ -71,7 +73,14 @@ def _cifar10_unet(config_lib):
   return config_lib.load_file(REPO / "configs" / "cifar10.py"), 128  # Ho et al.'s batch size
 
 
-MODELS = {"dit-xl2": _dit_xl2, "cifar10-unet": _cifar10_unet}
+def _digits_dit(config_lib):
+  # small: a check that the script runs end to end (the test suite runs it), seconds anywhere
+  return config_lib.load_file(REPO / "configs" / "digits_dit.py"), None  # None: its own batch
+
+
+MODELS = {"dit-xl2": _dit_xl2, "cifar10-unet": _cifar10_unet, "digits-dit": _digits_dit}
+# What runs when --models is not given: the papers' models.
+DEFAULT_MODELS = ("dit-xl2", "cifar10-unet")
 # Left out on CPU unless --models names them (measured on the project's 2-core machine: the train
 # step compiled in 4.7-8.8 minutes, with or without remat and jaxdiff's XLA:CPU flag; the compiler
 # peaked at ~6 GB on top of the ~11 GB of parameters, EMA and Adam state).
@@ -87,6 +96,21 @@ def peak_memory(device) -> tuple[float, str]:
   if "peak_bytes_in_use" in stats:
     return stats["peak_bytes_in_use"] / 2**20, "device peak_bytes_in_use"
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process peak RSS"
+
+
+def _attention(config, dtype: str) -> str | None:
+  """The DiT's attention kernel as its trace picks it (None for the U-Net)."""
+  if config.model.arch != "dit":
+    return None
+  import jax.numpy as jnp
+
+  from jaxdiff.models.dit import attention_implementation
+  from jaxdiff.models.table import typed_config
+
+  model = typed_config(config.model)  # the preset's sizes
+  head_dim = model.hidden_size // model.num_heads
+  compute = jnp.bfloat16 if dtype == "bf16" else jnp.float32
+  return attention_implementation(config.model.attention, compute, head_dim)
 
 
 def measure(name: str, args) -> dict:
@@ -106,13 +130,20 @@ def measure(name: str, args) -> dict:
   backend = jax.default_backend()
   dtype = args.dtype or ("fp32" if backend == "cpu" else "bf16")
   config.train.compute_dtype = {"bf16": "bfloat16", "fp32": "float32"}[dtype]
-  config.data.batch_size = args.batch or (1 if backend == "cpu" else accelerator_batch)
+  if args.batch or backend == "cpu" or accelerator_batch:
+    config.data.batch_size = args.batch or (1 if backend == "cpu" else accelerator_batch)
   if args.remat:
     config.model.remat = args.remat
+  if args.attention:
+    if config.model.arch != "dit":
+      raise SystemExit(f"error: --attention applies to the DiT, not to {name}.")
+    config.model.attention = args.attention
   config_lib.validate(config)
 
   mesh = parallel.make_mesh(None, fsdp=1)
   parts = run_lib.build(config)
+  # before the compile and the timed steps, so that a failure here costs seconds, not the run
+  forward_gflops = network_cost(config.model, parts.spec).gflops
   state = jax.device_put(parts.state, parallel.state_shardings(mesh, parts.state))
   fn = make_train_fn(mesh, state, steps_per_call=1, **parts.step_kwargs())
   d = config.data
@@ -124,6 +155,8 @@ def measure(name: str, args) -> dict:
   }
   batch = data.make_global_batch(host, parallel.stacked_batch_sharded(mesh))
 
+  # the compiled step takes the objective's frozen parameters (LPIPS, a teacher) explicitly too
+  frozen = parts.step_kwargs()["objective"].frozen_params
   start = time.perf_counter()
   lowered = fn.lower(state, batch, parts.codec.params)
   trace_s = time.perf_counter() - start
@@ -134,11 +167,11 @@ def measure(name: str, args) -> dict:
   cost = cost[0] if isinstance(cost, list) else cost  # a list in older JAX versions
   step_flops = float(cost.get("flops", 0.0)) or None
 
-  state, metrics = compiled(state, batch, parts.codec.params)  # warm-up, untimed
+  state, metrics = compiled(state, batch, parts.codec.params, frozen)  # warm-up, untimed
   jax.block_until_ready(metrics)
   start = time.perf_counter()
   for _ in range(args.steps):
-    state, metrics = compiled(state, batch, parts.codec.params)
+    state, metrics = compiled(state, batch, parts.codec.params, frozen)
   jax.block_until_ready(metrics)
   step_s = (time.perf_counter() - start) / args.steps
 
@@ -153,6 +186,7 @@ def measure(name: str, args) -> dict:
     "devices": int(mesh.devices.size),
     "dtype": dtype,
     "remat": config.model.remat or None,
+    "attention": _attention(config, dtype),
     "batch": d.batch_size,
     "steps": args.steps,
     "step_ms": round(1000 * step_s, 2),
@@ -163,7 +197,7 @@ def measure(name: str, args) -> dict:
     "tflops_per_device": round(achieved, 3) if achieved else None,
     "peak_tflops": peak,
     "mfu": round(achieved / peak, 4) if achieved and peak else None,
-    "forward_gflops": round(network_cost(config.model, parts.spec).gflops, 3),
+    "forward_gflops": round(forward_gflops, 3),
     "parameters": int(parameter_count(state.params)),
     "peak_memory_mb": round(memory_mb, 1),
     "memory_source": memory_source,
@@ -174,7 +208,9 @@ def measure(name: str, args) -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument(
-    "--models", help=f"of {', '.join(MODELS)} (default: all, on CPU all but {list(SLOW_ON_CPU)})"
+    "--models",
+    help=f"of {', '.join(MODELS)} (default: {', '.join(DEFAULT_MODELS)}; on CPU all but "
+    f"{', '.join(SLOW_ON_CPU)})",
   )
   parser.add_argument(
     "--batch", type=int, help="global batch (default: the paper's on accelerators, 1 on CPU)"
@@ -184,6 +220,9 @@ def main():
     "--dtype", choices=("bf16", "fp32"), help="compute dtype (default: bf16, or fp32 on CPU)"
   )
   parser.add_argument("--remat", default="", help="model.remat: '', 'full' or 'dots'")
+  parser.add_argument(
+    "--attention", default="", help="the DiT's model.attention: 'auto' (default), 'xla' or 'cudnn'"
+  )
   parser.add_argument("--one", help=argparse.SUPPRESS)  # the worker process of one model
   parser.add_argument("--by-default", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -202,7 +241,7 @@ def main():
       args.steps = 2 if on_cpu else 20
     print(json.dumps(measure(args.one, args)), flush=True)
     return
-  names = args.models.split(",") if args.models else list(MODELS)
+  names = args.models.split(",") if args.models else list(DEFAULT_MODELS)
   unknown = sorted(set(names) - set(MODELS))
   if unknown:
     parser.error(f"unknown models {unknown}; choose from {sorted(MODELS)}.")

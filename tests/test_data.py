@@ -95,6 +95,26 @@ def test_digits_build_is_idempotent(digits_dir):
   assert {path.name: os.stat(path).st_mtime_ns for path in version_dir.iterdir()} == before
 
 
+def test_a_build_that_loses_the_race_to_another_process_uses_its_copy(tmp_path, monkeypatch):
+  # Two processes building into one fresh data_dir (parallel notebooks on a GPU did this): the
+  # later one's rename of its finished copy fails with FileExistsError; it must read the other's.
+  from jaxdiff.data.digits import Digits
+
+  build = Digits.download_and_prepare
+  calls = []
+
+  def lose_the_race(self, **kwargs):
+    calls.append(self.data_dir)
+    monkeypatch.setattr(Digits, "download_and_prepare", build)
+    ensure_digits_prepared(str(tmp_path))  # the other process finishes first
+    raise FileExistsError(f"Cannot rename ... Destination {self.data_path} already exists.")
+
+  monkeypatch.setattr(Digits, "download_and_prepare", lose_the_race)
+  builder = ensure_digits_prepared(str(tmp_path))
+  assert calls and builder.is_prepared()
+  assert len(builder.as_data_source(split="test")) == 270
+
+
 def test_make_dataset_builds_digits_on_first_use(tmp_path):
   batch = next(_digits(str(tmp_path)))
   assert batch["image"].shape == (16, 16, 16, 1)

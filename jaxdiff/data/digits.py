@@ -107,7 +107,14 @@ def ensure_digits_prepared(data_dir: str | None = None) -> Digits:
     builder = Digits(data_dir=data_dir, file_format="array_record")
     if not builder.is_prepared():
       print(f"Preparing the digits dataset in {builder.data_dir} (first use only).", flush=True)
-      builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-      )
+      try:
+        builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+        )
+      except FileExistsError:
+        # Another process (a second run, a parallel test) finished building the same version
+        # first, and tfds will not rename its own copy over it: theirs is the same data.
+        builder = Digits(data_dir=data_dir, file_format="array_record")
+        if not builder.is_prepared():
+          raise
   return builder

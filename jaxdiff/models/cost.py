@@ -2,7 +2,9 @@
 
 Nothing is allocated or compiled. The network is built with `nnx.eval_shape` (parameters are
 jax.ShapeDtypeStructs), its forward pass at batch 1 is traced and lowered to XLA on such shapes,
-and XLA's cost analysis of that lowered (unoptimized) program counts its floating-point operations.
+and XLA's cost analysis of that lowered (unoptimized) program counts its floating-point operations
+(on CUDA GPUs, whose PJRT plugin cannot analyse an uncompiled program, the forward pass at batch 1
+is compiled, still on shapes, and the compiled program is counted).
 Papers count a multiply-add as one flop (the DiT paper's Gflops, most "FLOPs" of vision models),
 XLA as two, hence the halving; element-wise work (norms, activations, softmax) is counted too,
 which adds well under 1% for the DiTs.
@@ -49,7 +51,13 @@ def forward_gflops(module: nnx.Module, spec: table.NetworkSpec, *, denoiser: boo
   def forward(state, *args):
     return nnx.merge(graphdef, state)(*args)
 
-  cost = jax.jit(forward).lower(state, *args).cost_analysis()
+  lowered = jax.jit(forward).lower(state, *args)
+  cost = lowered.cost_analysis()
+  if cost is None:
+    # Backends reached through a PJRT plugin (CUDA GPUs) have no analysis of unoptimized HLO:
+    # count the compiled program there (XLA's fusions leave the flops of dots and convolutions).
+    cost = lowered.compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost  # a list in older JAX versions
   return float(cost["flops"]) / 2 / 1e9
 
 

@@ -37,6 +37,10 @@ from jaxdiff.models.layers import (
 
 FREQUENCY_EMBEDDING_SIZE = 256
 LAYER_NORM_EPS = 1e-6
+# model.attention: how softmax(q kᵀ/√d) v is computed. 'auto' takes cuDNN's fused (flash) kernel
+# where it applies (an NVIDIA GPU, bfloat16/float16 compute, a head dimension cuDNN takes) and XLA's
+# otherwise; jax.nn.dot_product_attention itself defaults to XLA's on every backend.
+ATTENTION_CHOICES = ("auto", "xla", "cudnn")
 
 # Table 4 of the paper: DiT-{S,B,L,XL}/p is one of these with model.patch_size = p.
 DIT_PRESETS = {
@@ -128,20 +132,46 @@ class TimestepEmbedder(nnx.Module):
     return self.linear_2(nnx.silu(self.linear_1(freq)))
 
 
+def _on_nvidia_gpu() -> bool:
+  device = jax.devices()[0]
+  return device.platform == "gpu" and "nvidia" in device.device_kind.lower()
+
+
+def attention_implementation(choice: str, dtype, head_dim: int) -> str:
+  """The `implementation` of jax.nn.dot_product_attention that `model.attention=choice` means for
+  q/k/v of `dtype` and `head_dim` on the default backend (decided at trace time)."""
+  if choice == "auto":
+    fused = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0
+    return "cudnn" if fused and head_dim <= 128 and _on_nvidia_gpu() else "xla"
+  if choice == "cudnn" and not _on_nvidia_gpu():
+    raise ValueError(
+      "model.attention='cudnn' needs an NVIDIA GPU; use 'auto' (cuDNN where it applies, else XLA)."
+    )
+  return choice
+
+
 class SelfAttention(nnx.Module):
   """timm's `Attention` with qkv_bias: one fused q/k/v projection, softmax(q kᵀ/√d) v, output."""
 
-  def __init__(self, hidden_size: int, num_heads: int, *, dtype, rngs: nnx.Rngs):
+  def __init__(
+    self, hidden_size: int, num_heads: int, *, attention: str = "auto", dtype, rngs: nnx.Rngs
+  ):
     self.num_heads = num_heads
-    self.qkv = _linear(hidden_size, 3 * hidden_size, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
+    self.attention = attention
+    self.qkv = _linear(
+      hidden_size, 3 * hidden_size, axes=("embed", "heads"), dtype=dtype, rngs=rngs
+    )
     self.proj = _linear(hidden_size, hidden_size, axes=("heads", "embed"), dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     b, n, d = x.shape
+    head_dim = d // self.num_heads
     # the fused projection's outputs are [q | k | v], each head-major, as timm splits them
-    qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
-    # dot_product_attention takes (B, N, heads, head_dim) and does its softmax in float32
-    out = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+    qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    # (B, N, heads, head_dim) in; XLA's path does its softmax in float32, cuDNN's accumulates in it
+    implementation = attention_implementation(self.attention, qkv.dtype, head_dim)
+    out = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
     return self.proj(out.reshape(b, n, d))
 
 
@@ -167,12 +197,13 @@ class DiTBlock(nnx.Module):
     *,
     mlp_norm_eps: float = LAYER_NORM_EPS,
     remat: str,
+    attention: str = "auto",
     dtype,
     rngs: nnx.Rngs,
   ):
     self.remat = remat
     self.mlp_norm_eps = mlp_norm_eps
-    self.attn = SelfAttention(hidden_size, num_heads, dtype=dtype, rngs=rngs)
+    self.attn = SelfAttention(hidden_size, num_heads, attention=attention, dtype=dtype, rngs=rngs)
     self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio), dtype=dtype, rngs=rngs)
     # zero-initialised so that every block starts as the identity (the "Zero" of adaLN-Zero)
     self.modulation = _linear(
@@ -231,6 +262,7 @@ class DiT(nnx.Module):
     timestep_freq_shift: float = 0.0,
     mlp_norm_eps: float = LAYER_NORM_EPS,
     remat: str = "",
+    attention: str = "auto",
     dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
@@ -284,6 +316,7 @@ class DiT(nnx.Module):
           mlp_ratio,
           mlp_norm_eps=mlp_norm_eps,
           remat=remat,
+          attention=attention,
           dtype=dtype,
           rngs=rngs,
         )
@@ -339,9 +372,16 @@ class DiTConfig:
   mlp_norm_eps: float = LAYER_NORM_EPS
   # activation rematerialization per block: '' off, 'full' (keep only block inputs), 'dots'
   remat: str = ""
+  # softmax(q kᵀ/√d) v: 'auto' (cuDNN's fused kernel on NVIDIA GPUs in bfloat16/float16, else
+  # XLA's), 'xla' or 'cudnn' (ATTENTION_CHOICES)
+  attention: str = "auto"
 
   def __post_init__(self):
     check_remat(self.remat, key="model.remat")
+    if self.attention not in ATTENTION_CHOICES:
+      raise ValueError(
+        f"model.attention must be one of {ATTENTION_CHOICES}, got {self.attention!r}."
+      )
     for key, value in (preset(self.preset) if self.preset else {}).items():
       # A config section cannot tell a default from an explicit value, so only a value that is
       # neither the default nor the preset's is known to conflict.
@@ -378,6 +418,7 @@ def build_dit(config: DiTConfig, spec, rngs: nnx.Rngs) -> DiT:
     timestep_freq_shift=config.timestep_freq_shift,
     mlp_norm_eps=config.mlp_norm_eps,
     remat=config.remat,
+    attention=config.attention,
     dtype=spec.dtype,
     rngs=rngs,
   )
