@@ -122,6 +122,9 @@ def default_config(arch: str = "unet") -> ml_collections.ConfigDict:
   # consistency models); sample the student with sample.guidance_scale=1 then. 1: off
   cm.teacher_guidance = 1.0
   cm.sigma_max = 80.0  # the consistency sampler's default σ's start at 80: set sample.sigmas too
+  # CD's grid: 'karras' (ρ = rho, the paper's) or 'timesteps' (the teacher's trailing timesteps
+  # between σ_min and sigma_max, where a discrete teacher's own few-step sampling is best)
+  cm.grid = "karras"
   cm.rho = 7.0
   cm.p_mean = -1.1  # iCT's lognormal over the grid's pairs
   cm.p_std = 2.0

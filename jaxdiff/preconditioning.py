@@ -137,11 +137,13 @@ def train_sigmas(schedule: Schedule) -> np.ndarray:
   return np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
 
 
-def karras_sigmas(sigma_max: float, sigma_min: float, num_steps: int) -> np.ndarray:
+def karras_sigmas(
+  sigma_max: float, sigma_min: float, num_steps: int, *, rho: float = KARRAS_RHO
+) -> np.ndarray:
   """Karras et al. eq. 5: σ_i = (σ_max^(1/ρ) + i/(n−1)·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ."""
   ramp = np.linspace(0, 1, num_steps)
-  hi, lo = sigma_max ** (1 / KARRAS_RHO), sigma_min ** (1 / KARRAS_RHO)
-  return (hi + ramp * (lo - hi)) ** KARRAS_RHO
+  hi, lo = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+  return (hi + ramp * (lo - hi)) ** rho
 
 
 def _check_full_schedule(schedule: Schedule) -> None:

@@ -169,6 +169,34 @@ def test_the_curricula_are_the_papers_formulas():
   assert got[0] == 2 and got[-1] == 151 and mu[0] == pytest.approx(0.9)
 
 
+def test_the_timestep_grid_is_the_teachers_trailing_timesteps():
+  schedule = schedules.make("cosine", 1000)
+  # diffusers' 'trailing' timesteps for 10 steps (DDIMScheduler): 999, 899, …, 99; the grid keeps
+  # 899 … 99 and puts σ_max in 999's place (σ(999) ≈ 2·10⁴ on the cosine schedule) and σ_min last
+  trailing = np.round(np.arange(1000, 0, -1000 / 10)).astype(int) - 1
+  alphas_cumprod = np.asarray(schedule.alphas_cumprod, np.float64)
+  inner = np.sqrt((1 - alphas_cumprod[trailing[1:]]) / alphas_cumprod[trailing[1:]])
+  want = np.concatenate([[0.002], inner[::-1], [80.0]])
+  got = cm.timestep_grid(11, schedule=schedule, sigma_min=0.002, sigma_max=80.0)
+  np.testing.assert_allclose(got, want, rtol=1e-6)  # float32 exp(log σ) at table points
+  assert np.all(np.diff(got) > 0)
+  with pytest.raises(ValueError, match=r"timestep 899 at σ = 6\.36.*above consistency.sigma_max"):
+    cm.timestep_grid(11, schedule=schedule, sigma_min=0.002, sigma_max=5.0)
+  config = config_lib.load_file(ROOT / "configs" / "digits_cd.py")
+  config.consistency.grid = "timesteps"
+  np.testing.assert_array_equal(cm.cd_grid(config, schedule), got)
+  config.consistency.grid = "karras"  # the paper's, with consistency.rho
+  np.testing.assert_allclose(
+    cm.cd_grid(config, schedule),
+    (0.002 ** (1 / 7) + np.arange(11) / 10 * (80 ** (1 / 7) - 0.002 ** (1 / 7))) ** 7,
+    rtol=1e-12,
+  )
+  ict = config_lib.load_file(ROOT / "configs" / "digits_ict.py")
+  ict.consistency.grid = "timesteps"
+  with pytest.raises(ValueError, match="for consistency_distillation only"):
+    cm.check(ict)
+
+
 @pytest.mark.parametrize("num_scales", [11, 41, 1281])
 def test_lognormal_pair_probabilities_are_the_papers(num_scales):
   ramp = np.arange(num_scales) / (num_scales - 1)
@@ -198,12 +226,12 @@ def _optimal_student(schedule, x0_star):
   return net
 
 
-@pytest.mark.parametrize("solver", ["euler", "heun"])
-def test_the_cd_loss_vanishes_at_its_optimum_and_the_target_is_an_ema(solver, tmp_path):
+@pytest.mark.parametrize("solver,grid", [("euler", "karras"), ("heun", "timesteps")])
+def test_the_cd_loss_vanishes_at_its_optimum_and_the_target_is_an_ema(solver, grid, tmp_path):
   config = tiny_config(
     tmp_path, **{"diffusion.prediction": "x0", "diffusion.loss": "consistency_distillation"}
   )
-  config.consistency.update(num_scales=4, distance="l2", teacher_solver=solver)
+  config.consistency.update(num_scales=4, distance="l2", teacher_solver=solver, grid=grid)
   schedule = schedules.make("cosine", 1000)
   objective = cm.consistency_distillation(config, schedule)
   x0 = np.linspace(-0.8, 0.9, 6 * 4 * 4).reshape(6, 4, 4, 1)

@@ -2,8 +2,9 @@
 alone (CT, Song et al. 2023; iCT, Song & Dhariwal 2024).
 
 All three pull the student's f(x_0 + σ_{n+1}·z, σ_{n+1}) towards a target network's f(x̂_n, σ_n)
-one point lower on a Karras grid σ_min = σ_0 < … < σ_{N−1} = σ_max (σ_min is the boundary of f,
-`preconditioning.student_function`, shared with the sampler):
+one point lower on a grid σ_min = σ_0 < … < σ_{N−1} = σ_max (σ_min is the boundary of f,
+`preconditioning.student_function`, shared with the sampler): Karras's (ρ = 7) as in the papers, or
+for CD optionally the teacher's own timesteps (`timestep_grid`):
 
   CD   x̂_n is one ODE step of the frozen teacher from σ_{n+1} to σ_n; the target network is an
        EMA of the student with a fixed rate μ; n is uniform.
@@ -31,6 +32,9 @@ from jaxdiff.objectives.perceptual import Perceptual
 DISTANCES = ("l2", "l1", "pseudo_huber", "lpips")
 WEIGHTINGS = ("uniform", "inverse_gap")
 TEACHER_SOLVERS = ("euler", "heun", "ddim")
+# CD's N points: 'karras' (σ_min to σ_max, ρ = consistency.rho, the paper's) or 'timesteps' (the
+# teacher's own trailing timestep grid of N − 2 steps between σ_min and σ_max: `timestep_grid`)
+GRIDS = ("karras", "timesteps")
 HUBER_C_PER_ROOT_DIM = 0.00054  # iCT: c = 0.00054·√d for data of dimension d
 
 
@@ -162,6 +166,39 @@ def pair_loss(
 
 # --- the objectives --------------------------------------------------------------------------
 
+
+def timestep_grid(num_points: int, *, schedule, sigma_min: float, sigma_max: float) -> np.ndarray:
+  """σ_min < σ(t_{N−3}) < … < σ(t_1) < σ_max, ascending: the σ's of a discrete teacher's timesteps
+  t_k = round(T − k·T/(N − 1)) − 1, k = 1 … N − 2 ('trailing' spacing), between the boundary and
+  σ_max, which stands in for t_0 = T − 1 (σ_max is where the consistency sampler starts).
+
+  CD's student learns the teacher's ODE as its grid discretises it, so the grid on which the
+  teacher's Euler/DDIM steps sample best is the one to distil: on the digits default 10 trailing
+  Euler steps score 0.55 where 10 Karras (ρ = 7) steps score 1.87 (benchmarks/RESULTS.md)."""
+  steps = num_points - 1
+  t = np.round(schedule.num_timesteps - np.arange(1, steps) * schedule.num_timesteps / steps) - 1
+  inner = np.asarray(preconditioning.sigma_of_timestep(t, schedule=schedule), np.float64)
+  if inner.size and inner.max() >= sigma_max:
+    raise ValueError(
+      f"consistency.grid='timesteps' puts timestep {int(t[0])} at σ = {inner.max():.4g}, above "
+      f"consistency.sigma_max = {sigma_max}: raise sigma_max or num_scales."
+    )
+  return np.concatenate([[sigma_min], inner[::-1], [sigma_max]])
+
+
+def cd_grid(config, schedule) -> np.ndarray:
+  """CD's N ascending σ's, as `consistency.grid` names them."""
+  c = config.consistency
+  if c.grid == "timesteps":
+    return timestep_grid(
+      c.num_scales, schedule=schedule, sigma_min=preconditioning.SIGMA_MIN, sigma_max=c.sigma_max
+    )
+  sigmas = preconditioning.karras_sigmas(
+    c.sigma_max, preconditioning.SIGMA_MIN, c.num_scales, rho=c.rho
+  )
+  return sigmas[::-1]
+
+
 # s0, s1 of the curricula when consistency.start_scales / end_scales are 0: Song et al. 2023's
 # CIFAR-10 CT, and iCT
 _PAPER_SCALES = {"ct": (2, 150), "ict": (10, 1280)}
@@ -220,7 +257,7 @@ def consistency_distillation(config, schedule, *, teacher=None, lpips=None) -> O
   prediction, which the student starts from (Song et al. 2023 §6.1, as the paper does); None
   builds a state with the right shapes only, for a checkpoint to be restored into."""
   s, c = _settings(config, "cd"), config.consistency
-  grid = preconditioning.karras_sigmas(c.sigma_max, preconditioning.SIGMA_MIN, c.num_scales)[::-1]
+  grid = cd_grid(config, schedule)
   teacher_step = TEACHER_STEPS[c.teacher_solver]
 
   compare, lpips_params, lpips_context = _compare(config, s, lpips)
@@ -335,6 +372,7 @@ def check(config) -> None:
     ("distance", c.distance, DISTANCES),
     ("weighting", c.weighting, ("",) + WEIGHTINGS),
     ("teacher_solver", c.teacher_solver, TEACHER_SOLVERS),
+    ("grid", c.grid, GRIDS),
   ):
     if value not in allowed:
       raise ValueError(f"consistency.{key} must be one of {list(allowed)}, got {value!r}.")
@@ -355,6 +393,11 @@ def check(config) -> None:
   if c.teacher_guidance != 1.0 and not config.model.class_conditional:
     raise ValueError(
       "consistency.teacher_guidance needs a class-conditional teacher (model.class_conditional)."
+    )
+  if c.grid != "karras" and config.diffusion.loss != "consistency_distillation":
+    raise ValueError(
+      f"consistency.grid={c.grid!r} is a teacher's grid, for consistency_distillation only; "
+      "consistency training uses the Karras grid ('karras')."
     )
   if config.diffusion.timestep_sampler != "uniform":
     raise ValueError(
