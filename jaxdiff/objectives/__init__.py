@@ -44,14 +44,14 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
     consistency.consistency_training,
     predictions=preconditioning.STUDENT_PREDICTIONS,
     bound=consistency.no_bound,
-    check=consistency.check,
+    check=consistency.check_training,
     uses_lpips=consistency.uses_lpips,
   ),
   "improved_consistency_training": ObjectiveEntry(
     consistency.improved_consistency_training,
     predictions=preconditioning.STUDENT_PREDICTIONS,
     bound=consistency.no_bound,
-    check=consistency.check,
+    check=consistency.check_training,
     uses_lpips=consistency.uses_lpips,
   ),
 }

@@ -394,14 +394,20 @@ def check(config) -> None:
     raise ValueError(
       "consistency.teacher_guidance needs a class-conditional teacher (model.class_conditional)."
     )
-  if c.grid != "karras" and config.diffusion.loss != "consistency_distillation":
-    raise ValueError(
-      f"consistency.grid={c.grid!r} is a teacher's grid, for consistency_distillation only; "
-      "consistency training uses the Karras grid ('karras')."
-    )
   if config.diffusion.timestep_sampler != "uniform":
     raise ValueError(
       "consistency models draw their own noise levels; set diffusion.timestep_sampler='uniform'."
+    )
+
+
+def check_training(config) -> None:
+  """`check`, and what CT and iCT refuse besides: a grid other than Karras's (they have no teacher
+  whose timesteps 'timesteps' would follow)."""
+  check(config)
+  if config.consistency.grid != "karras":
+    raise ValueError(
+      f"consistency.grid={config.consistency.grid!r} is a teacher's grid, for "
+      "consistency_distillation only; consistency training uses the Karras grid ('karras')."
     )
 
 
