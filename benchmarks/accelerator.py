@@ -156,7 +156,7 @@ def measure(name: str, args) -> dict:
   batch = data.make_global_batch(host, parallel.stacked_batch_sharded(mesh))
 
   # the compiled step takes the objective's frozen parameters (LPIPS, a teacher) explicitly too
-  frozen = parts.step_kwargs()["objective"].frozen_params
+  frozen = fn.frozen_params
   start = time.perf_counter()
   lowered = fn.lower(state, batch, parts.codec.params)
   trace_s = time.perf_counter() - start

@@ -28,6 +28,7 @@ from jaxdiff import guidance, preconditioning
 from jaxdiff.diffusion import compute_dtype
 from jaxdiff.objectives.base import Objective
 from jaxdiff.objectives.perceptual import Perceptual
+from jaxdiff.samplers.ddim import trailing_timesteps
 
 DISTANCES = ("l2", "l1", "pseudo_huber", "lpips")
 WEIGHTINGS = ("uniform", "inverse_gap")
@@ -169,14 +170,14 @@ def pair_loss(
 
 def timestep_grid(num_points: int, *, schedule, sigma_min: float, sigma_max: float) -> np.ndarray:
   """σ_min < σ(t_{N−3}) < … < σ(t_1) < σ_max, ascending: the σ's of a discrete teacher's timesteps
-  t_k = round(T − k·T/(N − 1)) − 1, k = 1 … N − 2 ('trailing' spacing), between the boundary and
-  σ_max, which stands in for t_0 = T − 1 (σ_max is where the consistency sampler starts).
+  t_1 … t_{N−2} of the 'trailing' grid of N − 1 steps (`samplers.ddim.trailing_timesteps`, the
+  samplers' own), between the boundary and σ_max, which stands in for t_0 = T − 1 (σ_max is where
+  the consistency sampler starts).
 
   CD's student learns the teacher's ODE as its grid discretises it, so the grid on which the
   teacher's Euler/DDIM steps sample best is the one to distil: on the digits default 10 trailing
   Euler steps score 0.55 where 10 Karras (ρ = 7) steps score 1.87 (benchmarks/RESULTS.md)."""
-  steps = num_points - 1
-  t = np.round(schedule.num_timesteps - np.arange(1, steps) * schedule.num_timesteps / steps) - 1
+  t = trailing_timesteps(schedule.num_timesteps, num_points - 1)[1:]  # t_0 = T − 1 is σ_max's
   inner = np.asarray(preconditioning.sigma_of_timestep(t, schedule=schedule), np.float64)
   if inner.size and inner.max() >= sigma_max:
     raise ValueError(

@@ -115,7 +115,9 @@ def train_step(
 def make_train_fn(mesh, state: TrainState, *, steps_per_call: int, **step_kwargs):
   """A jitted fn(state, batches, codec_params) -> (state, metrics) running `steps_per_call` steps
   unrolled; codec_params is the codec's `params` (None for pixels); the objective's
-  `frozen_params` go in as a further argument (`fn.lower` takes the same three).
+  `frozen_params` go in as a further argument. `fn.lower` takes the same three; the program it
+  compiles takes that fourth argument too: `compiled(state, batches, codec_params,
+  fn.frozen_params)`.
 
   `batches` stacks the steps' global batches on a leading axis. The loop is a Python loop traced
   into one program rather than a `lax.scan`: XLA:CPU runs convolution backward inside a while
@@ -148,4 +150,5 @@ def make_train_fn(mesh, state: TrainState, *, steps_per_call: int, **step_kwargs
   call.lower = lambda state, batches, codec_params: jitted.lower(
     state, batches, codec_params, frozen
   )
+  call.frozen_params = frozen
   return call
