@@ -9,7 +9,8 @@
 
 Each run is sampled from its newest checkpoint's EMA parameters with its own config.json (labels,
 guidance as it was trained to be sampled) through jaxdiff's one generation path: the CD student
-with 1, 2 and 4 consistency steps, the iCT model with 1 and 2, the teacher with DDIM-50 (as
+with 1 and 2 consistency steps of Algorithm 1 (sample.gamma = 1) and 2 and 4 at γ = 0.7, the
+iCT model with 1 and 2, the teacher with DDIM-50 (as
 `sample.sampler=ddim` defaults: leading, x̂_0 clipped; and trailing unclipped, its best) and UniPC
 (bh2, order 2, trailing) at each --unipc-nfe. --num-samples images each, scored by
 benchmarks/digits_quality.py (a held-out digits classifier's Fréchet distance, not FID).
@@ -55,7 +56,11 @@ def points(args):
   ]
   wanted = {
     "teacher": [(*DDIM_DEFAULT, 50), (*DDIM_BEST, 50), *unipc],
-    "cd": [("consistency", {"num_steps": k}, k) for k in (1, 2, 4)],
+    # CD: Algorithm 1 at the default σ's (γ = 1), and γ = 0.7 (configs/digits_cd.py's) for 2 and 4
+    "cd": [
+      ("consistency", {"num_steps": k, "gamma": gamma}, k)
+      for k, gamma in ((1, 1.0), (2, 1.0), (2, 0.7), (4, 0.7))
+    ],
     "ict": [("consistency", {"num_steps": k}, k) for k in (1, 2)],
   }
   for name, variants in wanted.items():
@@ -96,6 +101,8 @@ def plot(results, path):
       label += (
         " (leading, clipped)" if p["options"] == DDIM_DEFAULT[1] else " (trailing, unclipped)"
       )
+    if p["options"].get("gamma", 1.0) != 1.0:
+      label += f" γ = {p['options']['gamma']}"
     series.setdefault(label, []).append(p)
   for label, points in series.items():
     style = "o-" if len(points) > 1 else "s"

@@ -98,6 +98,39 @@ def test_algorithm_1_in_float64():
     np.testing.assert_allclose(got, np.stack(want), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.6])
+def test_gamma_sampling_in_float64(gamma):
+  # CTM's γ-sampling with a consistency function, written out in NumPy: the DDIM jump from σ_{i-1}
+  # to √(1 − γ²)·σ_i along ε̂ = (x − x̂_0)/σ_{i-1}, then γ·σ_i of fresh noise (Algorithm 1's
+  # √(σ_i² − σ_min²) for σ_i); γ = 0 draws nothing that matters: any noise gives the same images.
+  sigmas = (40.0, 5.0, 0.7)
+  rng = np.random.default_rng(5)
+  x_T = rng.standard_normal((2, 3, 3, 2))
+  noise = rng.standard_normal((3,) + x_T.shape)
+  f_np = lambda x, s: np.tanh(x / (1 + s)) * (1 - np.exp(-s))
+  x, want = sigmas[0] * x_T, []
+  for i, s in enumerate(sigmas):
+    if i:
+      eps = (x - want[-1]) / sigmas[i - 1]
+      scale = np.sqrt(s**2 - 0.002**2)
+      x = want[-1] + scale * np.sqrt(1 - gamma**2) * eps + scale * gamma * noise[i - 1]
+    want.append(np.clip(f_np(x, s), -1, 1))
+  f = lambda x, s: jnp.tanh(x / (1 + s)) * (1 - jnp.exp(-s))
+  with jax.enable_x64(True):
+    run = lambda noise: consistency(
+      f, jnp.asarray(x_T), num_steps=3, sigmas=sigmas, noise=noise, gamma=gamma,
+      return_trajectory=True,
+    )
+    got = run(noise)
+    np.testing.assert_allclose(got, np.stack(want), rtol=1e-12, atol=1e-14)
+    plain = consistency(f, jnp.asarray(x_T), num_steps=3, sigmas=sigmas, noise=noise)
+    assert not np.allclose(got[-1], plain)  # not Algorithm 1's draws
+    if gamma == 0.0:
+      np.testing.assert_array_equal(got, run(rng.standard_normal(noise.shape)))
+  with pytest.raises(ValueError, match=r"gamma must lie in \[0, 1\]"):
+    consistency(f, jnp.asarray(x_T), num_steps=3, sigmas=sigmas, noise=noise, gamma=1.5)
+
+
 def test_key_draws_are_the_replayed_noise_of_fold_in():
   f = lambda x, s: jnp.tanh(x) * s / (1 + s)
   x_T = jax.random.normal(jax.random.key(0), (2, 4, 4, 1))
@@ -172,6 +205,14 @@ def test_the_config_checks_sigmas_against_the_sampler_and_num_steps():
   config_lib.validate(config)
   config.sample.sigmas = (1.0, 80.0)
   with pytest.raises(ValueError, match="sample.sigmas must decrease strictly"):
+    config_lib.validate(config)
+  config.sample.sigmas, config.sample.gamma = (80.0, 3.1), 0.7
+  config_lib.validate(config)
+  config.sample.gamma = 1.2
+  with pytest.raises(ValueError, match=r"sample.gamma must lie in \[0, 1\]"):
+    config_lib.validate(config)
+  config.sample.sampler, config.sample.sigmas, config.sample.gamma = "ddim", (), 0.7
+  with pytest.raises(ValueError, match="sample.gamma=0.7 has no effect with sample.sampler='ddim'"):
     config_lib.validate(config)
 
 

@@ -4,6 +4,11 @@ x = σ_0·z, x̂_0 = f(x, σ_0); for each further σ_i: x = x̂_0 + √(σ_i² �
 `f(x, σ)` is a consistency function (`preconditioning.consistency_function` of a student network)
 or any σ-space denoiser. diffusers' CMStochasticIterativeScheduler runs the same steps with x̂_0
 clamped to [−1, 1] (`clip_denoised`); its one-step run draws no noise.
+
+`gamma` < 1 re-noises partly along the noise x̂_0 was denoised from, ε̂ = (x − x̂_0)/σ_{i−1}:
+x = x̂_0 + √(σ_i² − σ_min²)·(γ·z + √(1 − γ²)·ε̂) — the γ-sampling of Kim et al. 2024 (Consistency
+Trajectory Models) with a consistency function, whose jump from σ_{i−1} to √(1 − γ²)·σ_i is
+the DDIM/Euler step x̂_0 + √(1 − γ²)·σ_i·ε̂ (γ = 0: deterministic; γ = 1: Algorithm 1, the default).
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ def consistency(
   sigma_min: float = SIGMA_MIN,
   sigma_max: float = SIGMA_MAX,
   clip_denoised: bool = True,
+  gamma: float = 1.0,
   key=None,
   noise=None,
   return_trajectory: bool = False,
@@ -70,8 +76,12 @@ def consistency(
   evaluates f at σ_i and re-noises x̂_0 to σ_{i+1} with `noise[i]` (shape (num_steps,
   *x_T.shape)), as diffusers draws it; the last step's draw is multiplied by 0, and a one-step
   run draws nothing. Otherwise z comes from `fold_in(key, i)`. `clip_denoised` clamps x̂_0 to
-  [−1, 1] (pixel space). Returns x̂_0 in x_T's dtype, or the x̂_0 of every step stacked.
+  [−1, 1] (pixel space). `gamma` ∈ [0, 1] is the share of fresh noise in each re-noising (the
+  module's docstring); 1 is Algorithm 1. Returns x̂_0 in x_T's dtype, or the x̂_0 of every step
+  stacked.
   """
+  if not 0.0 <= gamma <= 1.0:
+    raise ValueError(f"gamma must lie in [0, 1] (1 is Algorithm 1), got {gamma}.")
   if sigmas is None:
     sigmas = default_sigmas(num_steps, sigma_min=sigma_min, sigma_max=sigma_max)
   elif len(sigmas) != num_steps:
@@ -91,13 +101,18 @@ def consistency(
     "renoise": jnp.asarray(renoise, dtype),
   }
 
+  kept = float(np.sqrt(1.0 - gamma**2))  # the share of the predicted noise ε̂
+
   def step(carry, s, z):
     x, _ = carry
     x0 = f(x, s["sigma"]).astype(dtype)
     if clip_denoised:
       x0 = jnp.clip(x0, -1, 1)
     if z is not None:
-      x = x0 + s["renoise"] * z.astype(dtype)
+      z = z.astype(dtype)
+      if gamma != 1.0:  # Algorithm 1's program stays as it was
+        z = gamma * z + kept * (x - x0) / s["sigma"]
+      x = x0 + s["renoise"] * z
     return x, x0
 
   x = jnp.asarray(x_T).astype(dtype) * jnp.asarray(sigmas[0], dtype)

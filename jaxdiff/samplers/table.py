@@ -75,6 +75,13 @@ OPTIONS: dict[str, Option] = {
     "points for more (samplers/consistency.py: default_sigmas)",
     check=_sigmas,
   ),
+  "gamma": Option(
+    1.0,
+    "the consistency sampler's share of fresh noise when it re-noises x̂_0: 1 is Algorithm 1 "
+    "(Song et al. 2023), 0 re-noises along the noise x̂_0 came from (deterministic), between mixes "
+    "the two (CTM's γ-sampling; samplers/consistency.py)",
+    check=_unit_interval,
+  ),
 }
 
 
@@ -153,7 +160,7 @@ SAMPLERS: dict[str, Sampler] = {
   ),
   "consistency": Sampler(
     _consistency,
-    ("num_steps", "sigmas", "clip_denoised"),
+    ("num_steps", "sigmas", "clip_denoised", "gamma"),
     True,
     _consistency_steps,
     preconditioning.STUDENT_PREDICTIONS,
