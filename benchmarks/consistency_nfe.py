@@ -10,7 +10,7 @@
 Each run is sampled from its newest checkpoint's EMA parameters with its own config.json (labels,
 guidance as it was trained to be sampled) through jaxdiff's one generation path: the CD student
 with 1 and 2 consistency steps of Algorithm 1 (sample.gamma = 1) and 2 and 4 at γ = 0.7, the
-iCT model with 1 and 2, the teacher with DDIM-50 (as
+iCT model with 1 and 2 (at the default σ's and at those its config names), the teacher with DDIM-50 (as
 `sample.sampler=ddim` defaults: leading, x̂_0 clipped; and trailing unclipped, its best) and UniPC
 (bh2, order 2, trailing) at each --unipc-nfe. --num-samples images each, scored by
 benchmarks/digits_quality.py (a held-out digits classifier's Fréchet distance, not FID).
@@ -61,12 +61,21 @@ def points(args):
       ("consistency", {"num_steps": k, "gamma": gamma}, k)
       for k, gamma in ((1, 1.0), (2, 1.0), (2, 0.7), (4, 0.7))
     ],
-    "ict": [("consistency", {"num_steps": k}, k) for k in (1, 2)],
+    # iCT: one step, and two at the default σ's and at the run's own (its grid's: configs/digits_ict.py)
+    "ict": [("consistency", {"num_steps": k}, k) for k in (1, 2)] + own_two_steps(args.ict),
   }
   for name, variants in wanted.items():
     workdir = getattr(args, name)
     if workdir is not None:
       yield from ((name, workdir, *variant) for variant in variants)
+
+
+def own_two_steps(workdir):
+  """The two-step point at the σ's a run's config.json names, if it names two."""
+  if workdir is None:
+    return []
+  sigmas = tuple(run_lib.saved_config(workdir).sample.sigmas)
+  return [("consistency", {"num_steps": 2, "sigmas": sigmas}, 2)] if len(sigmas) == 2 else []
 
 
 def with_sampler(config, sampler, options):
@@ -103,6 +112,8 @@ def plot(results, path):
       )
     if p["options"].get("gamma", 1.0) != 1.0:
       label += f" γ = {p['options']['gamma']}"
+    if p["options"].get("sigmas"):
+      label += f" σ = {', '.join(f'{v:.3g}' for v in p['options']['sigmas'])}"
     series.setdefault(label, []).append(p)
   for label, points in series.items():
     style = "o-" if len(points) > 1 else "s"

@@ -17,14 +17,14 @@ under the pseudo-Huber distance (Song & Dhariwal 2024). The grid is the teacher'
 10-step Euler sampling scores 0.55 where 10 Karras steps (the paper's grid) score 1.87: the student
 learns the teacher's ODE as the grid discretises it.
 Samples: the consistency sampler, one step at σ = 80, x̂_0 clipped; `--config.sample.num_steps=2`
-adds one re-noising to σ = 1.38 (CD ImageNet 64's two steps), at γ = 0.7: 70% fresh noise and 71%
-(√(1 − γ²)) of the noise the first x̂_0 came from, rather than Algorithm 1's fresh noise alone
+adds one re-noising to σ = 1.38 (CD ImageNet 64's two steps) at γ = 0.7: 0.7 of fresh noise plus
+0.71 (√(1 − γ²)) of the noise the first x̂_0 came from, rather than Algorithm 1's fresh noise alone
 (`--config.sample.gamma=1`), which this student does worse with.
 
 Measured (benchmarks/RESULTS.md, 1000 samples, the digits default as teacher, whose best DDIM-50
-scores 0.452): digits Fréchet distance 0.868 in one step (1.92×), 0.770 in two (0.730 at σ = 3.1);
-on the Karras grid at lr 3e-4 (this config before) 1.40 and 1.22. Training took 76.6 s against the
-teacher's 86.8 s (both from a cold compilation cache, one after the other).
+scores 0.452): digits Fréchet distance 0.868 in one step (1.92×), 0.629 in two (1.39×; 0.770 with
+Algorithm 1); on the Karras grid at lr 3e-4 (this config before) 1.40 and 1.22. Training took
+78.7 s against the teacher's 89.7 s (both from a cold compilation cache, one after the other).
 """
 
 import pathlib

@@ -169,6 +169,24 @@ def test_the_curricula_are_the_papers_formulas():
   assert got[0] == 2 and got[-1] == 151 and mu[0] == pytest.approx(0.9)
 
 
+def test_digits_ict_samples_at_sigmas_its_network_was_trained_at():
+  # An iCT network sees only its grid's σ's (t_in = 250·ln σ jumps between them), so
+  # configs/digits_ict.py samples at points of its last grid, as the objective builds that grid.
+  config = config_lib.load_file(ROOT / "configs" / "digits_ict.py")
+  c, last_step = config.consistency, config.train.num_steps - 1
+  n = int(
+    cm.ict_num_scales(
+      last_step, total_steps=config.train.num_steps, start=c.start_scales, end=c.end_scales
+    )
+  )
+  assert n == c.end_scales + 1  # the last stage is at s1
+  grid = np.asarray(
+    cm.karras_grid(np.arange(n), n, sigma_min=pc.SIGMA_MIN, sigma_max=c.sigma_max, rho=c.rho)
+  )
+  for sigma in config.sample.sigmas:
+    assert np.min(np.abs(grid / sigma - 1)) < 1e-6, (sigma, grid)  # float32 grid against float64
+
+
 def test_the_timestep_grid_is_the_teachers_trailing_timesteps():
   schedule = schedules.make("cosine", 1000)
   # diffusers' 'trailing' timesteps for 10 steps (DDIMScheduler): 999, 899, …, 99; the grid keeps

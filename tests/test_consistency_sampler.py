@@ -118,7 +118,12 @@ def test_gamma_sampling_in_float64(gamma):
   f = lambda x, s: jnp.tanh(x / (1 + s)) * (1 - jnp.exp(-s))
   with jax.enable_x64(True):
     run = lambda noise: consistency(
-      f, jnp.asarray(x_T), num_steps=3, sigmas=sigmas, noise=noise, gamma=gamma,
+      f,
+      jnp.asarray(x_T),
+      num_steps=3,
+      sigmas=sigmas,
+      noise=noise,
+      gamma=gamma,
       return_trajectory=True,
     )
     got = run(noise)
