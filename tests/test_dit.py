@@ -144,7 +144,9 @@ def test_config_validation():
 def test_attention_kernel_choice(monkeypatch):
   from jaxdiff.models import dit
 
-  with pytest.raises(ValueError, match=r"model.attention must be one of \('auto', 'xla', 'cudnn'\)"):
+  with pytest.raises(
+    ValueError, match=r"model.attention must be one of \('auto', 'xla', 'cudnn'\)"
+  ):
     DiTConfig(attention="flash")
   # on this CPU: XLA's attention, and cuDNN's asked for by name is refused in one sentence
   assert dit.attention_implementation("auto", jnp.bfloat16, 72) == "xla"
@@ -264,6 +266,53 @@ def test_bfloat16_compute_keeps_float32_parameters_and_output():
   # of matmuls the output stays within a few percent, and far from the fp32 result it must not be
   err = relative_error(out, fp32(x, t, y))
   assert 1e-4 < err < 3e-2
+
+
+# --- attention: the explicit softmax, and head-major matmuls on CPU (jaxdiff.cpu.attention) ------
+
+
+def _attention_grad_ops(platform: str, fn) -> collections.Counter:
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, 16, 3, 8)) for i in range(3))
+  grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) ** 2), argnums=(0, 1, 2)))
+  text = jax.export.export(grad, platforms=(platform,))(q, k, v).mlir_module()
+  return collections.Counter(re.findall(r"stablehlo\.\w+", text))
+
+
+def test_attention_is_the_explicit_softmax_and_head_major_stays_on_cpu(monkeypatch):
+  from jaxdiff import cpu
+  from jaxdiff.cpu import attention
+
+  # softmax(q kᵀ/√d) v per head, written out in float64 NumPy
+  rng = np.random.default_rng(0)
+  q, k, v = (2.0 * rng.standard_normal((2, 16, 3, 8)) for _ in range(3))
+  logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8)
+  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  weights /= weights.sum(-1, keepdims=True)
+  want = np.einsum("bhqk,bkhd->bqhd", weights, v)
+  args = [jnp.asarray(a, jnp.float32) for a in (q, k, v)]
+  # float32 against float64: ~1e-7 relative, 1e-5 leaves two orders for the sums' order
+  for fn in (attention.forward, attention.head_major, cpu.dot_product_attention):
+    assert relative_error(fn(*args), want) < 1e-5
+  grads = lambda fn: jax.grad(lambda *a: jnp.sum(fn(*a) ** 2), argnums=(0, 1, 2))(*args)
+  assert tree_relative_error(grads(attention.head_major), grads(attention.forward)) < 1e-5
+  # the layout is a CPU measurement: GPU and TPU programs are XLA's dot_product_attention
+  # (platform_dependent's switch adds a case, its returns, constants and broadcasts)
+  switch_ops = (
+    "stablehlo.case",
+    "stablehlo.return",
+    "stablehlo.constant",
+    "stablehlo.broadcast_in_dim",
+  )
+  arithmetic = lambda ops: {k: v for k, v in ops.items() if k not in switch_ops}
+  for platform in ("cuda", "tpu"):
+    ops = _attention_grad_ops(platform, cpu.dot_product_attention)
+    assert arithmetic(ops) == arithmetic(_attention_grad_ops(platform, attention.forward))
+  on_cpu = _attention_grad_ops("cpu", cpu.dot_product_attention)
+  assert arithmetic(on_cpu) != arithmetic(_attention_grad_ops("cpu", attention.forward))
+  monkeypatch.setenv(cpu.ATTENTION_ENV, "0")
+  assert _attention_grad_ops("cpu", cpu.dot_product_attention) == _attention_grad_ops(
+    "cpu", attention.forward
+  )
 
 
 # --- LayerNorm's statistics as dots on CPU (jaxdiff.cpu.layer_norm) ------------------------------

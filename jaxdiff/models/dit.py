@@ -118,7 +118,11 @@ class TimestepEmbedder(nnx.Module):
   def __init__(self, hidden_size: int, *, freq_shift: float = 0.0, dtype, rngs: nnx.Rngs):
     self.freq_shift = freq_shift
     self.linear_1 = _linear(
-      FREQUENCY_EMBEDDING_SIZE, hidden_size, axes=(None, "embed"), dtype=dtype, rngs=rngs,
+      FREQUENCY_EMBEDDING_SIZE,
+      hidden_size,
+      axes=(None, "embed"),
+      dtype=dtype,
+      rngs=rngs,
       init=_normal,
     )
     self.linear_2 = _linear(
@@ -171,7 +175,10 @@ class SelfAttention(nnx.Module):
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     # (B, N, heads, head_dim) in; XLA's path does its softmax in float32, cuDNN's accumulates in it
     implementation = attention_implementation(self.attention, qkv.dtype, head_dim)
-    out = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    if implementation == "xla":  # as head-major matmuls on CPU (jaxdiff.cpu.attention)
+      out = cpu.dot_product_attention(q, k, v)
+    else:
+      out = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
     return self.proj(out.reshape(b, n, d))
 
 
