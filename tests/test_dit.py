@@ -271,8 +271,8 @@ def test_bfloat16_compute_keeps_float32_parameters_and_output():
 # --- attention: the explicit softmax, and head-major matmuls on CPU (jaxdiff.cpu.attention) ------
 
 
-def _attention_grad_ops(platform: str, fn) -> collections.Counter:
-  q, k, v = (jax.random.normal(jax.random.key(i), (2, 16, 3, 8)) for i in range(3))
+def _attention_grad_ops(platform: str, fn, tokens: int = 128) -> collections.Counter:
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, tokens, 3, 8)) for i in range(3))
   grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) ** 2), argnums=(0, 1, 2)))
   text = jax.export.export(grad, platforms=(platform,))(q, k, v).mlir_module()
   return collections.Counter(re.findall(r"stablehlo\.\w+", text))
@@ -309,6 +309,10 @@ def test_attention_is_the_explicit_softmax_and_head_major_stays_on_cpu(monkeypat
     assert arithmetic(ops) == arithmetic(_attention_grad_ops(platform, attention.forward))
   on_cpu = _attention_grad_ops("cpu", cpu.dot_product_attention)
   assert arithmetic(on_cpu) != arithmetic(_attention_grad_ops("cpu", attention.forward))
+  # from attention.HEAD_MAJOR_MIN_TOKENS (128) on: fewer tokens keep XLA's program on CPU too
+  assert _attention_grad_ops("cpu", cpu.dot_product_attention, 127) == _attention_grad_ops(
+    "cpu", attention.forward, 127
+  )
   monkeypatch.setenv(cpu.ATTENTION_ENV, "0")
   assert _attention_grad_ops("cpu", cpu.dot_product_attention) == _attention_grad_ops(
     "cpu", attention.forward

@@ -11,7 +11,8 @@ GroupNorm closed-form backward (group_norm.py): CIFAR-10 U-Net train step 10-15%
 LayerNorm statistics as dots (layer_norm.py): the digits DiT's train step 1.5x faster.
   Default: on, CPU only (GPU/TPU programs get the plain reductions).
   Off: JAXDIFF_LAYER_NORM_DOTS=0 or `settings.layer_norm_dots = False`.
-Attention as head-major matmuls (attention.py): DiT-S/2's DDIM sampling 1.2x, training 1.06x faster.
+Attention as head-major matmuls (attention.py), from 128 tokens: DiT-S/2's DDIM sampling 1.2x,
+  training 1.06x faster.
   Default: on, CPU only (GPU/TPU programs get XLA's jax.nn.dot_product_attention; cuDNN's where
   model.attention picks it is not affected).
   Off: JAXDIFF_ATTENTION_HEAD_MAJOR=0 or `settings.attention_head_major = False`.
@@ -137,9 +138,9 @@ def normalize_last(x: jax.Array, eps: float) -> jax.Array:
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
   """XLA's softmax(q kᵀ/√d) v of (B, T, heads, head_dim) q, k, v (jaxdiff.cpu.attention.forward's
-  values), as head-major matmuls on CPU when that is on, XLA's layout otherwise and on every other
-  platform."""
-  if attention_head_major_enabled():
+  values), as head-major matmuls on CPU when that is on and T ≥ attention.HEAD_MAJOR_MIN_TOKENS,
+  XLA's layout otherwise and on every other platform."""
+  if attention_head_major_enabled() and q.shape[1] >= _attention.HEAD_MAJOR_MIN_TOKENS:
     return _attention.attention(q, k, v)
   return _attention.forward(q, k, v)
 

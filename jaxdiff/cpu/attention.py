@@ -10,8 +10,10 @@ float32 rounding, the softmax in float32 as XLA's. At DiT-S/2's attention (batch
 backward 54–71 ms, against 12–19 ms and 41–58 ms for `head_major` (several noisy runs of
 benchmarks/attention_cpu.py; PyTorch's SDPA: 5–6 and 19–23 ms). DiT-S/2's DDIM sampling went
 from 12.3 s to 10.2 s (0.90× PyTorch's throughput → 1.05×), its train step from 2338 to 2199 ms
-(0.63× → 0.68×; benchmarks/compare_pytorch.py, benchmarks/RESULTS.md). Measured on CPU only, so
-`attention` uses it only there (`lax.platform_dependent`, resolved when lowering;
+(0.63× → 0.68×; benchmarks/compare_pytorch.py, benchmarks/RESULTS.md). With few tokens it does
+not pay: at 128 tokens forward and backward were 1.4× and 1.3× faster, at 64 the backward 5%
+slower, and the digits DiT's train step (16 tokens) 2–5% slower, so `jaxdiff.cpu` uses it from
+HEAD_MAJOR_MIN_TOKENS on. Measured on CPU only, so `attention` uses it only there (`lax.platform_dependent`, resolved when lowering;
 tests/test_dit.py checks that the GPU and TPU programs are `forward`'s).
 """
 
@@ -20,6 +22,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+HEAD_MAJOR_MIN_TOKENS = 128  # below it, XLA's layout (the digits DiT's 16 tokens: 2–5% faster)
 
 
 def forward(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
