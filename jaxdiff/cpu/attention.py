@@ -13,8 +13,9 @@ from 12.3 s to 10.2 s (0.90× PyTorch's throughput → 1.05×), its train step f
 (0.63× → 0.68×; benchmarks/compare_pytorch.py, benchmarks/RESULTS.md). With few tokens it does
 not pay: at 128 tokens forward and backward were 1.4× and 1.3× faster, at 64 the backward 5%
 slower, and the digits DiT's train step (16 tokens) 2–5% slower, so `jaxdiff.cpu` uses it from
-HEAD_MAJOR_MIN_TOKENS on. Measured on CPU only, so `attention` uses it only there (`lax.platform_dependent`, resolved when lowering;
-tests/test_dit.py checks that the GPU and TPU programs are `forward`'s).
+HEAD_MAJOR_MIN_TOKENS on. Measured on CPU only, so `attention` uses it only there
+(`lax.platform_dependent`, resolved when lowering; tests/test_dit.py checks that the GPU and TPU
+programs are `forward`'s).
 """
 
 from __future__ import annotations
