@@ -76,49 +76,57 @@ def test_default_sigmas():
     default_sigmas(0)
 
 
-def test_algorithm_1_in_float64():
-  # x = σ_0·z_T, x̂_0 = f(x, σ_0); x = x̂_0 + √(σ_i² − σ_min²)·z_i, x̂_0 = f(x, σ_i), written
-  # out in NumPy, with a denoiser of both x and σ; the trajectory holds every x̂_0.
-  sigmas = (40.0, 5.0, 0.7, 0.05)
-  rng = np.random.default_rng(3)
-  x_T = rng.standard_normal((2, 3, 3, 2))
-  noise = rng.standard_normal((4,) + x_T.shape)
-  f_np = lambda x, s: np.tanh(x / (1 + s)) * (1 - np.exp(-s))
-  x, want = sigmas[0] * x_T, []
-  for i, s in enumerate(sigmas):
-    if i:
-      x = want[-1] + np.sqrt(s**2 - 0.002**2) * noise[i - 1]
-    want.append(np.clip(f_np(x, s), -1, 1))
-  f = lambda x, s: jnp.tanh(x / (1 + s)) * (1 - jnp.exp(-s))
-  with jax.enable_x64(True):
-    got = consistency(
-      f, jnp.asarray(x_T), num_steps=4, sigmas=sigmas, noise=noise, return_trajectory=True
-    )
-    assert got.dtype == jnp.float64
-    np.testing.assert_allclose(got, np.stack(want), rtol=1e-12, atol=1e-14)
+def _f_np(x, s):
+  """A denoiser of both x and σ, in NumPy (`_f` in JAX)."""
+  return np.tanh(x / (1 + s)) * (1 - np.exp(-s))
 
 
-@pytest.mark.parametrize("gamma", [0.0, 0.6])
-def test_gamma_sampling_in_float64(gamma):
-  # CTM's γ-sampling with a consistency function, written out in NumPy: the DDIM jump from σ_{i-1}
-  # to √(1 − γ²)·σ_i along ε̂ = (x − x̂_0)/σ_{i-1}, then γ·σ_i of fresh noise (Algorithm 1's
-  # √(σ_i² − σ_min²) for σ_i); γ = 0 draws nothing that matters: any noise gives the same images.
-  sigmas = (40.0, 5.0, 0.7)
-  rng = np.random.default_rng(5)
-  x_T = rng.standard_normal((2, 3, 3, 2))
-  noise = rng.standard_normal((3,) + x_T.shape)
-  f_np = lambda x, s: np.tanh(x / (1 + s)) * (1 - np.exp(-s))
+def _f(x, s):
+  return jnp.tanh(x / (1 + s)) * (1 - jnp.exp(-s))
+
+
+def _numpy_trajectory(x_T, sigmas, noise, gamma=1.0):
+  """Every x̂_0 of the consistency sampler, written out in float64 NumPy with `_f_np`: x = σ_0·z_T,
+  x̂_0 = f(x, σ_0); then x = x̂_0 + √(σ_i² − σ_min²)·(γ·z_i + √(1 − γ²)·ε̂), ε̂ = (x − x̂_0)/σ_{i−1}
+  (CTM's γ-sampling: the DDIM jump along ε̂, then fresh noise; γ = 1 is Algorithm 1),
+  x̂_0 = clip(f(x, σ_i))."""
   x, want = sigmas[0] * x_T, []
   for i, s in enumerate(sigmas):
     if i:
       eps = (x - want[-1]) / sigmas[i - 1]
       scale = np.sqrt(s**2 - 0.002**2)
       x = want[-1] + scale * np.sqrt(1 - gamma**2) * eps + scale * gamma * noise[i - 1]
-    want.append(np.clip(f_np(x, s), -1, 1))
-  f = lambda x, s: jnp.tanh(x / (1 + s)) * (1 - jnp.exp(-s))
+    want.append(np.clip(_f_np(x, s), -1, 1))
+  return np.stack(want)
+
+
+def test_algorithm_1_in_float64():
+  # Algorithm 1 (γ = 1) against NumPy; the trajectory holds every x̂_0.
+  sigmas = (40.0, 5.0, 0.7, 0.05)
+  rng = np.random.default_rng(3)
+  x_T = rng.standard_normal((2, 3, 3, 2))
+  noise = rng.standard_normal((4,) + x_T.shape)
+  want = _numpy_trajectory(x_T, sigmas, noise)
+  with jax.enable_x64(True):
+    got = consistency(
+      _f, jnp.asarray(x_T), num_steps=4, sigmas=sigmas, noise=noise, return_trajectory=True
+    )
+    assert got.dtype == jnp.float64
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.6])
+def test_gamma_sampling_in_float64(gamma):
+  # CTM's γ-sampling with a consistency function against NumPy; γ = 0 draws nothing that
+  # matters: any noise gives the same images.
+  sigmas = (40.0, 5.0, 0.7)
+  rng = np.random.default_rng(5)
+  x_T = rng.standard_normal((2, 3, 3, 2))
+  noise = rng.standard_normal((3,) + x_T.shape)
+  want = _numpy_trajectory(x_T, sigmas, noise, gamma)
   with jax.enable_x64(True):
     run = lambda noise: consistency(
-      f,
+      _f,
       jnp.asarray(x_T),
       num_steps=3,
       sigmas=sigmas,
@@ -127,13 +135,13 @@ def test_gamma_sampling_in_float64(gamma):
       return_trajectory=True,
     )
     got = run(noise)
-    np.testing.assert_allclose(got, np.stack(want), rtol=1e-12, atol=1e-14)
-    plain = consistency(f, jnp.asarray(x_T), num_steps=3, sigmas=sigmas, noise=noise)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    plain = consistency(_f, jnp.asarray(x_T), num_steps=3, sigmas=sigmas, noise=noise)
     assert not np.allclose(got[-1], plain)  # not Algorithm 1's draws
     if gamma == 0.0:
       np.testing.assert_array_equal(got, run(rng.standard_normal(noise.shape)))
   with pytest.raises(ValueError, match=r"gamma must lie in \[0, 1\]"):
-    consistency(f, jnp.asarray(x_T), num_steps=3, sigmas=sigmas, noise=noise, gamma=1.5)
+    consistency(_f, jnp.asarray(x_T), num_steps=3, sigmas=sigmas, noise=noise, gamma=1.5)
 
 
 def test_key_draws_are_the_replayed_noise_of_fold_in():

@@ -268,14 +268,35 @@ def test_bfloat16_compute_keeps_float32_parameters_and_output():
   assert 1e-4 < err < 3e-2
 
 
+# --- CPU paths behind lax.platform_dependent: the programs each platform gets ---------------------
+
+# what platform_dependent's switch adds around the chosen branch: a case, its returns, constants
+# and broadcasts; the rest of a program is its arithmetic
+_SWITCH_OPS = (
+  "stablehlo.case",
+  "stablehlo.return",
+  "stablehlo.constant",
+  "stablehlo.broadcast_in_dim",
+)
+
+
+def _grad_ops(platform: str, fn, *args, power: int) -> collections.Counter:
+  """The StableHLO ops of the gradient of Σ fn(*args)^power, lowered for `platform`."""
+  grad = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) ** power), argnums=tuple(range(len(args)))))
+  text = jax.export.export(grad, platforms=(platform,))(*args).mlir_module()
+  return collections.Counter(re.findall(r"stablehlo\.\w+", text))
+
+
+def _arithmetic(ops: collections.Counter) -> dict:
+  return {k: v for k, v in ops.items() if k not in _SWITCH_OPS}
+
+
 # --- attention: the explicit softmax, and head-major matmuls on CPU (jaxdiff.cpu.attention) ------
 
 
 def _attention_grad_ops(platform: str, fn, tokens: int = 128) -> collections.Counter:
   q, k, v = (jax.random.normal(jax.random.key(i), (2, tokens, 3, 8)) for i in range(3))
-  grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v) ** 2), argnums=(0, 1, 2)))
-  text = jax.export.export(grad, platforms=(platform,))(q, k, v).mlir_module()
-  return collections.Counter(re.findall(r"stablehlo\.\w+", text))
+  return _grad_ops(platform, fn, q, k, v, power=2)
 
 
 def test_attention_is_the_explicit_softmax_and_head_major_stays_on_cpu(monkeypatch):
@@ -296,19 +317,11 @@ def test_attention_is_the_explicit_softmax_and_head_major_stays_on_cpu(monkeypat
   grads = lambda fn: jax.grad(lambda *a: jnp.sum(fn(*a) ** 2), argnums=(0, 1, 2))(*args)
   assert tree_relative_error(grads(attention.head_major), grads(attention.forward)) < 1e-5
   # the layout is a CPU measurement: GPU and TPU programs are XLA's dot_product_attention
-  # (platform_dependent's switch adds a case, its returns, constants and broadcasts)
-  switch_ops = (
-    "stablehlo.case",
-    "stablehlo.return",
-    "stablehlo.constant",
-    "stablehlo.broadcast_in_dim",
-  )
-  arithmetic = lambda ops: {k: v for k, v in ops.items() if k not in switch_ops}
   for platform in ("cuda", "tpu"):
     ops = _attention_grad_ops(platform, cpu.dot_product_attention)
-    assert arithmetic(ops) == arithmetic(_attention_grad_ops(platform, attention.forward))
+    assert _arithmetic(ops) == _arithmetic(_attention_grad_ops(platform, attention.forward))
   on_cpu = _attention_grad_ops("cpu", cpu.dot_product_attention)
-  assert arithmetic(on_cpu) != arithmetic(_attention_grad_ops("cpu", attention.forward))
+  assert _arithmetic(on_cpu) != _arithmetic(_attention_grad_ops("cpu", attention.forward))
   # from attention.HEAD_MAJOR_MIN_TOKENS (128) on: fewer tokens keep XLA's program on CPU too
   assert _attention_grad_ops("cpu", cpu.dot_product_attention, 127) == _attention_grad_ops(
     "cpu", attention.forward, 127
@@ -323,10 +336,7 @@ def test_attention_is_the_explicit_softmax_and_head_major_stays_on_cpu(monkeypat
 
 
 def _ln_grad_ops(platform: str, fn) -> collections.Counter:
-  x = jax.random.normal(jax.random.key(0), (2, 16, 32))
-  grad = jax.jit(jax.grad(lambda x: jnp.sum(fn(x) ** 3)))
-  text = jax.export.export(grad, platforms=(platform,))(x).mlir_module()
-  return collections.Counter(re.findall(r"stablehlo\.\w+", text))
+  return _grad_ops(platform, fn, jax.random.normal(jax.random.key(0), (2, 16, 32)), power=3)
 
 
 def test_layer_norm_dots_equal_the_definition_and_stay_on_cpu(monkeypatch):
@@ -339,18 +349,11 @@ def test_layer_norm_dots_equal_the_definition_and_stay_on_cpu(monkeypatch):
   f = lambda fn: jax.grad(lambda x: jnp.sum(fn(x, 1e-6) ** 3))(x)
   assert relative_error(f(layer_norm.dots), f(layer_norm.forward)) < 1e-5
   # the dots are a CPU measurement: GPU and TPU programs keep the definition's reductions
-  switch_ops = (
-    "stablehlo.case",
-    "stablehlo.return",
-    "stablehlo.constant",
-    "stablehlo.broadcast_in_dim",
-  )
-  arithmetic = lambda ops: {k: v for k, v in ops.items() if k not in switch_ops}
   definition = lambda x: layer_norm.forward(x, 1e-6)
   for platform in ("cuda", "tpu"):
     ops = _ln_grad_ops(platform, lambda x: cpu.normalize_last(x, 1e-6))
     assert "stablehlo.dot_general" not in ops
-    assert arithmetic(ops) == arithmetic(_ln_grad_ops(platform, definition))
+    assert _arithmetic(ops) == _arithmetic(_ln_grad_ops(platform, definition))
   assert _ln_grad_ops("cpu", lambda x: cpu.normalize_last(x, 1e-6))["stablehlo.dot_general"] >= 2
   monkeypatch.setenv(cpu.LAYER_NORM_ENV, "0")
   assert _ln_grad_ops("cpu", lambda x: cpu.normalize_last(x, 1e-6)) == _ln_grad_ops(
