@@ -10,10 +10,10 @@
 Each run is sampled from its newest checkpoint's EMA parameters with its own config.json (labels,
 guidance as it was trained to be sampled) through jaxdiff's one generation path: the CD student
 with 1 and 2 consistency steps of Algorithm 1 (sample.gamma = 1) and 2 and 4 at γ = 0.7, the
-iCT model with 1 and 2 (at the default σ's and at those its config names), the teacher with DDIM-50 (as
-`sample.sampler=ddim` defaults: leading, x̂_0 clipped; and trailing unclipped, its best) and UniPC
-(bh2, order 2, trailing) at each --unipc-nfe. --num-samples images each, scored by
-benchmarks/digits_quality.py (a held-out digits classifier's Fréchet distance, not FID).
+iCT model with 1 and 2 (at the default σ's and at those its config names), the teacher with
+DDIM-50 (as `sample.sampler=ddim` defaults: leading, x̂_0 clipped; and trailing unclipped, its
+best) and UniPC (bh2, order 2, trailing) at each --unipc-nfe. --num-samples images each, scored
+by benchmarks/digits_quality.py (a held-out digits classifier's Fréchet distance, not FID).
 
 Prints one JSON line per point: run, sampler, options, nfe (one guided evaluation is one),
 frechet_distance, sample_seconds (wall seconds for all samples after compilation),
@@ -61,7 +61,7 @@ def points(args):
       ("consistency", {"num_steps": k, "gamma": gamma}, k)
       for k, gamma in ((1, 1.0), (2, 1.0), (2, 0.7), (4, 0.7))
     ],
-    # iCT: one step, and two at the default σ's and at the run's own (its grid's: configs/digits_ict.py)
+    # iCT: one step, two at the default σ's and at the run's own (configs/digits_ict.py: its grid's)
     "ict": [("consistency", {"num_steps": k}, k) for k in (1, 2)] + own_two_steps(args.ict),
   }
   for name, variants in wanted.items():
