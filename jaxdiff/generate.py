@@ -18,7 +18,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from jaxdiff import codecs, guidance, models, parallel
+from jaxdiff import codecs, guidance, models, objectives, parallel
 from jaxdiff.samplers import table as sampler_table
 from jaxdiff.schedules import Schedule
 from jaxdiff.state import ModelDef
@@ -73,6 +73,8 @@ def make_sample_fn(
     )
 
   arch = models.architecture(config.model.arch)
+  # a consistency-trained network knows only its grid's σ's: the sampler's defaults move onto them
+  context = {"trained_sigmas": objectives.trained_sigmas(config)}
 
   def sample(params, codec_params, key, labels):
     model = model_def.bind(params)
@@ -104,6 +106,7 @@ def make_sample_fn(
       key=sampler_key,
       prediction=config.diffusion.prediction,
       options=s,
+      context=context,
     )
     chex.assert_shape(latents, shape)  # a sampler from the table returns x_0 of x_T's shape
     images = codec.decode(codec_params, latents)

@@ -19,7 +19,7 @@ from flax import nnx
 from test_train import TINY, data_dir, read_params, tiny_config  # noqa: F401 — a fixture
 
 from jaxdiff import config as config_lib
-from jaxdiff import models, parallel, sampling, schedules
+from jaxdiff import generate, models, objectives, parallel, sampling, schedules
 from jaxdiff import preconditioning as pc
 from jaxdiff import run as run_lib
 from jaxdiff.objectives import consistency as cm
@@ -416,6 +416,38 @@ def test_ct_trains_through_the_step_with_its_curriculum_and_target(tmp_path, mon
     target = mu * target + (1 - mu) * params
   assert set(state.extra) == {"target"}
   np.testing.assert_allclose(kernel(state.extra["target"]), target, rtol=1e-5, atol=1e-7)
+
+
+def test_a_consistency_trained_network_samples_its_default_sigmas_on_its_last_grid(monkeypatch):
+  # iCT over K = 400 steps with s0 = 10, s1 = 20: K' = ⌊400/(log2 2 + 1)⌋ = 200, N(399) = 21 points
+  entry = models.table.Architecture(_Toy, _ToyConfig, lambda c, spec, rngs: _Toy(1, rngs=rngs))
+  monkeypatch.setitem(models.ARCHITECTURES, "toy", entry)
+  config = config_lib.default_config(arch="toy")
+  config.data.update(batch_size=8, num_classes=None)
+  config.diffusion.update(loss="improved_consistency_training", prediction="consistency")
+  config.consistency.update(start_scales=10, end_scales=20)
+  config.train.update(num_steps=400, num_devices=1)
+  config.sample.update(sampler="consistency", num_steps=2)
+  config_lib.validate(config)
+  karras = pc.karras_sigmas(80.0, pc.SIGMA_MIN, 21)[::-1]
+  np.testing.assert_allclose(objectives.trained_sigmas(config), karras, rtol=1e-12)
+  parts = run_lib.build(config)
+  mesh = parallel.make_mesh(1)
+
+  def draw(sigmas):
+    config.sample.sigmas = sigmas
+    fn = generate.make_sample_fn(
+      parts.model_def, parts.schedule, config, mesh, 4, codec=parts.codec, spec=parts.spec
+    )
+    return np.asarray(fn(parts.state.ema_params, None, jax.random.key(0), None))
+
+  # the defaults (80, 1.3824) land on the grid's points 20 and 9 (tests/test_consistency_sampler)
+  default, on_grid = draw(()), draw((80.0, float(karras[9])))
+  np.testing.assert_array_equal(default, on_grid)
+  assert not np.array_equal(default, draw((80.0, 1.3824)))
+  for loss in ("mse", "consistency_distillation"):  # networks that know every t keep the defaults
+    config.diffusion.loss = loss
+    assert objectives.trained_sigmas(config) is None
 
 
 def test_ict_is_its_own_target():

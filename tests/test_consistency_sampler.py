@@ -15,7 +15,7 @@ from jaxdiff import config as config_lib
 from jaxdiff import generate, guidance, parallel, preconditioning, samplers, schedules
 from jaxdiff import run as run_lib
 from jaxdiff.samplers import table
-from jaxdiff.samplers.consistency import consistency, default_sigmas
+from jaxdiff.samplers.consistency import consistency, default_sigmas, snap_to_grid
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 REF = np.load(ROOT / "tests" / "data" / "consistency_reference.npz")
@@ -74,6 +74,20 @@ def test_default_sigmas():
   np.testing.assert_allclose(default_sigmas(4), preconditioning.karras_sigmas(80, 0.002, 5)[:4])
   with pytest.raises(ValueError, match="num_steps must be a positive integer"):
     default_sigmas(0)
+
+
+def test_default_sigmas_move_to_the_nearest_trained_sigma_in_log():
+  grid = [0.01, 0.1, 1.0, 10.0, 100.0]
+  # 3.5 is nearer 1 than 10 on a line but nearer 10 in log σ (log10 3.5 = 0.544 > 0.5)
+  np.testing.assert_array_equal(snap_to_grid([80.0, 3.5, 0.2], grid), [100.0, 10.0, 0.1])
+  np.testing.assert_array_equal(snap_to_grid([2.9], grid), [1.0])
+  # CD ImageNet-64's (80, 1.3824) onto a 21-point Karras grid: its points 20 and 9 (from σ_min)
+  karras = preconditioning.karras_sigmas(80, 0.002, 21)[::-1]
+  np.testing.assert_array_equal(default_sigmas(2, trained_sigmas=karras), karras[[20, 9]])
+  assert karras[8] < 1.3824 < karras[9]
+  assert np.log(karras[9] / 1.3824) < np.log(1.3824 / karras[8])
+  with pytest.raises(ValueError, match="fall on only 1 points of the network's 5-point"):
+    snap_to_grid([2.0, 0.5], grid)
 
 
 def _f_np(x, s):

@@ -46,6 +46,7 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
     bound=consistency.no_bound,
     check=consistency.check_training,
     uses_lpips=consistency.uses_lpips,
+    trained_sigmas=consistency.ct_trained_sigmas,
   ),
   "improved_consistency_training": ObjectiveEntry(
     consistency.improved_consistency_training,
@@ -53,6 +54,7 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
     bound=consistency.no_bound,
     check=consistency.check_training,
     uses_lpips=consistency.uses_lpips,
+    trained_sigmas=consistency.ict_trained_sigmas,
   ),
 }
 
@@ -61,6 +63,13 @@ def uses_lpips(config) -> bool:
   """Whether the objective of `config` asks for the LPIPS network (`lpips.path`)."""
   entry = OBJECTIVES.get(config.diffusion.loss)
   return bool(entry and entry.uses_lpips and entry.uses_lpips(config))
+
+
+def trained_sigmas(config):
+  """The σ's the network of `config`'s objective was last trained at when it knows only those
+  (`ObjectiveEntry.trained_sigmas`), else None."""
+  entry = OBJECTIVES.get(config.diffusion.loss)
+  return entry.trained_sigmas(config) if entry and entry.trained_sigmas else None
 
 
 def build(config, schedule, *, teacher=None, lpips=None) -> Objective:
@@ -77,4 +86,4 @@ def build(config, schedule, *, teacher=None, lpips=None) -> Objective:
   return entry.build(config, schedule, **kwargs)
 
 
-__all__ = ["OBJECTIVES", "Objective", "ObjectiveEntry", "build", "uses_lpips"]
+__all__ = ["OBJECTIVES", "Objective", "ObjectiveEntry", "build", "trained_sigmas", "uses_lpips"]

@@ -50,3 +50,7 @@ class ObjectiveEntry:
   # uses_lpips(config) -> True when the config asks for the LPIPS distance: run.py then loads the
   # network from `lpips.path` and the builder gets it as build(..., lpips=module)
   uses_lpips: Callable | None = None
+  # trained_sigmas(config) -> the σ's (increasing, float64) the network was trained at last, for a
+  # network that knows only those (consistency training): the consistency sampler's default σ's
+  # move onto them
+  trained_sigmas: Callable | None = None

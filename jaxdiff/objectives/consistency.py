@@ -366,6 +366,24 @@ def improved_consistency_training(config, schedule, lpips=None) -> Objective:
   return Objective(loss, context=("step",) + lpips_context, frozen_params=lpips_params)
 
 
+def ct_trained_sigmas(config) -> np.ndarray:
+  """The N(K − 1)-point Karras grid (increasing, float64) of a CT run's last step: the σ's its
+  network was last trained at."""
+  return _last_grid(config, "ct", ct_num_scales)
+
+
+def ict_trained_sigmas(config) -> np.ndarray:
+  """iCT's, as `ct_trained_sigmas`."""
+  return _last_grid(config, "ict", ict_num_scales)
+
+
+def _last_grid(config, kind: str, num_scales) -> np.ndarray:
+  s, c = _settings(config, kind), config.consistency
+  total = config.train.num_steps
+  n = int(num_scales(total - 1, total_steps=total, start=s["start"], end=s["end"]))
+  return preconditioning.karras_sigmas(c.sigma_max, preconditioning.SIGMA_MIN, n, rho=c.rho)[::-1]
+
+
 def check(config) -> None:
   """ValueError naming the first `consistency.*` or `teacher.*` value the objectives refuse."""
   c = config.consistency

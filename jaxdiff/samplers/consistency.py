@@ -30,16 +30,38 @@ CD_TWO_STEP = (0, 22)
 
 
 def default_sigmas(
-  num_steps: int, *, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX
+  num_steps: int,
+  *,
+  sigma_min: float = SIGMA_MIN,
+  sigma_max: float = SIGMA_MAX,
+  trained_sigmas: Sequence[float] | None = None,
 ) -> np.ndarray:
   """The σ's of a `num_steps` run, in float64: one step is σ_max; two steps are CD ImageNet-64's
   published (σ_max, 1.3824); K ≥ 3 steps the first K of K + 1 Karras points from σ_max to σ_min
-  (the last, σ_min, would re-noise to nothing)."""
+  (the last, σ_min, would re-noise to nothing). With `trained_sigmas`, the σ's a network was
+  trained at, each moves to the nearest of them (`snap_to_grid`)."""
   if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
     raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
   if num_steps == 2:
-    return karras_sigmas(sigma_max, sigma_min, CD_GRID_POINTS)[list(CD_TWO_STEP)]
-  return karras_sigmas(sigma_max, sigma_min, num_steps + 1)[:-1]
+    sigmas = karras_sigmas(sigma_max, sigma_min, CD_GRID_POINTS)[list(CD_TWO_STEP)]
+  else:
+    sigmas = karras_sigmas(sigma_max, sigma_min, num_steps + 1)[:-1]
+  return sigmas if trained_sigmas is None else snap_to_grid(sigmas, trained_sigmas)
+
+
+def snap_to_grid(sigmas: Sequence[float], grid: Sequence[float]) -> np.ndarray:
+  """Each σ moved to the point of `grid` nearest to it in log σ, in float64. A network trained by
+  consistency training sees only its grid's σ's (its time input, 250·ln σ, jumps between them) and
+  can be far off between them. ValueError when two σ's land on one point: too few grid points."""
+  values, grid = np.asarray(sigmas, np.float64), np.asarray(grid, np.float64)
+  nearest = grid[np.abs(np.log(values)[:, None] - np.log(grid)[None, :]).argmin(axis=1)]
+  if np.unique(nearest).size < values.size:
+    raise ValueError(
+      f"the {values.size} default σ's {tuple(values.round(4))} fall on only "
+      f"{np.unique(nearest).size} points of the network's {grid.size}-point training grid; set "
+      "sample.sigmas to that many distinct points of it."
+    )
+  return nearest
 
 
 def check_sigmas(sigmas, *, sigma_min: float = SIGMA_MIN) -> str | None:
@@ -65,6 +87,7 @@ def consistency(
   sigma_max: float = SIGMA_MAX,
   clip_denoised: bool = True,
   gamma: float = 1.0,
+  trained_sigmas: Sequence[float] | None = None,
   key=None,
   noise=None,
   return_trajectory: bool = False,
@@ -72,7 +95,7 @@ def consistency(
   """Algorithm 1 of Song et al. 2023 with the consistency function `f(x, σ)`.
 
   `sigmas` (decreasing, σ_0 first) are the noise levels f is evaluated at, `num_steps` of them
-  (`default_sigmas(num_steps)` when None); x_T is a unit-variance draw scaled by σ_0. Step i
+  (`default_sigmas(num_steps)` when None, on the points of `trained_sigmas` when given); x_T is a unit-variance draw scaled by σ_0. Step i
   evaluates f at σ_i and re-noises x̂_0 to σ_{i+1} with `noise[i]` (shape (num_steps,
   *x_T.shape)), as diffusers draws it; the last step's draw is multiplied by 0, and a one-step
   run draws nothing. Otherwise z comes from `fold_in(key, i)`. `clip_denoised` clamps x̂_0 to
@@ -83,7 +106,9 @@ def consistency(
   if not 0.0 <= gamma <= 1.0:
     raise ValueError(f"gamma must lie in [0, 1] (1 is Algorithm 1), got {gamma}.")
   if sigmas is None:
-    sigmas = default_sigmas(num_steps, sigma_min=sigma_min, sigma_max=sigma_max)
+    sigmas = default_sigmas(
+      num_steps, sigma_min=sigma_min, sigma_max=sigma_max, trained_sigmas=trained_sigmas
+    )
   elif len(sigmas) != num_steps:
     raise ValueError(
       f"{len(sigmas)} sigmas {tuple(sigmas)} make {len(sigmas)} steps, not num_steps={num_steps}; "

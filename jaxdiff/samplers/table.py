@@ -72,7 +72,8 @@ OPTIONS: dict[str, Option] = {
     (),
     "the consistency sampler's noise levels, σ_0 first (decreasing, ≥ σ_min = 0.002), one per "
     "step; () picks num_steps of them: 80 for one, (80, 1.3824) for two (CD ImageNet 64), Karras "
-    "points for more (samplers/consistency.py: default_sigmas)",
+    "points for more (samplers/consistency.py: default_sigmas), each moved to the nearest σ of "
+    "the last training grid for a network trained by consistency training",
     check=_sigmas,
   ),
   "gamma": Option(
@@ -97,6 +98,9 @@ class Sampler:
   # the diffusion.prediction values it can sample: a diffusion sampler integrates a model of the
   # discrete predictions; only the consistency sampler knows a consistency student's raw F
   predictions: tuple[str, ...] = PREDICTIONS
+  # what else it reads from the run, by name, as keyword arguments: 'trained_sigmas' (the σ's a
+  # consistency-trained network was last trained at, from the objective table; or None)
+  context: tuple[str, ...] = ()
 
 
 def _ddpm(model_fn, schedule, x_T, *, num_steps, **options):
@@ -113,6 +117,7 @@ def _unipc(model_fn, schedule, x_T, *, unipc_solver_type, **options):
 def _consistency(model_fn, schedule, x_T, *, prediction, sigmas, **options):
   # f(x, σ) of the (guided) student network, by the function its objective trains: the raw F of
   # the consistency parameterisation, or a distilled discrete model of `prediction` on `schedule`.
+  # Default σ's (sigmas = ()) move onto the `trained_sigmas` the objective reports, if any.
   f = preconditioning.student_function(model_fn, prediction=prediction, schedule=schedule)
   return consistency(f, x_T, sigmas=tuple(sigmas) or None, **options)
 
@@ -164,6 +169,7 @@ SAMPLERS: dict[str, Sampler] = {
     True,
     _consistency_steps,
     preconditioning.STUDENT_PREDICTIONS,
+    context=("trained_sigmas",),
   ),
 }
 
@@ -204,11 +210,23 @@ def check_prediction(name: str, prediction: str) -> None:
     )
 
 
-def run(name: str, model_fn, schedule, x_T, *, key, prediction: str, options: Mapping[str, Any]):
-  """Runs sampler `name` with the options it reads taken from `options` (e.g. config.sample)."""
+def run(
+  name: str,
+  model_fn,
+  schedule,
+  x_T,
+  *,
+  key,
+  prediction: str,
+  options: Mapping[str, Any],
+  context: Mapping[str, Any] | None = None,
+):
+  """Runs sampler `name` with the options it reads taken from `options` (e.g. config.sample) and
+  the run's facts it names in `Sampler.context` taken from `context` (None when absent)."""
   check_prediction(name, prediction)
   sampler = SAMPLERS[name]
   chosen = {option: options[option] for option in sampler.options}
+  chosen |= {fact: (context or {}).get(fact) for fact in sampler.context}
   if sampler.takes_key:
     chosen["key"] = key
   return sampler.run(model_fn, schedule, x_T, prediction=prediction, **chosen)
