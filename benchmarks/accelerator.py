@@ -164,7 +164,6 @@ def measure(name: str, args) -> dict:
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost  # a list in older JAX versions
   step_flops = float(cost.get("flops", 0.0)) or None
 
   state, metrics = compiled(state, batch, parts.codec.params, frozen)  # warm-up, untimed

@@ -57,7 +57,6 @@ def forward_gflops(module: nnx.Module, spec: table.NetworkSpec, *, denoiser: boo
     # Backends reached through a PJRT plugin (CUDA GPUs) have no analysis of unoptimized HLO:
     # count the compiled program there (XLA's fusions leave the flops of dots and convolutions).
     cost = lowered.compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost  # a list in older JAX versions
   return float(cost["flops"]) / 2 / 1e9
 
 
