@@ -272,7 +272,7 @@ def test_remat_gives_the_same_gradients_in_less_memory(policy):
       return jnp.mean(nnx.merge(graphdef, params, jax.tree.map(jnp.copy, rest))(x, t) ** 2)
 
     # the vjp closure holds exactly what the forward pass keeps for the backward pass
-    _, backward = jax.vjp(loss, params)
+    _, backward = jax.vjp(jax.jit(loss), params)
     kept = sum(leaf.nbytes for leaf in jax.tree.leaves(backward))
     return backward(jnp.ones(()))[0], kept
 
