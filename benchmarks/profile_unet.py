@@ -2,16 +2,19 @@
 
     python benchmarks/profile_unet.py --config=small --what=train
     python benchmarks/profile_unet.py --config=cifar10 --what=sample --sample-steps=5 --top=20
+    python benchmarks/profile_unet.py --config=dit-s2 --what=train --dots --top=0      # the DiT, per dot
     JAXDIFF_DEFAULT_XLA_FLAGS=0 python benchmarks/profile_unet.py ...   # without jaxdiff's flag
     JAXDIFF_WINOGRAD=1 python benchmarks/profile_unet.py ...            # with Winograd convolutions
 
-Builds the U-Net of benchmarks/compare_pytorch.py's CONFIGS (random weights: time does not depend
-on them; no torch needed), compiles the same train step (ε-MSE, Adam, --steps-per-call unrolled) or
+Builds the network (a U-Net, or DiT-S/2 as `dit-s2`) of benchmarks/compare_pytorch.py's CONFIGS
+(random weights: time does not depend on them; no torch needed), compiles the same train step (ε-MSE, Adam, --steps-per-call unrolled) or
 DDIM sampler, runs it under jax.profiler, and attributes every executed HLO instruction (XLA:CPU
 names each thunk's trace event after its instruction) to a category by what its fused
 computation contains: convolution forward / input gradient / filter gradient, dot forward /
 backward, reduction, transpose or copy, concat/slice/pad, elementwise; YNNPACK fusions are marked.
-Prints JSON lines: one per category (ms per step, share of the summed op time), then the --top
+Prints JSON lines: one per category (ms per step, share of the summed op time), with --dots one
+per float32 dot form (GFLOP/s; the weight gradients XLA runs as its own Eigen dots report the time
+of their trace events, which do not cover the whole product: ignore their rates), then the --top
 instructions, then a summary with wall-clock per step next to the summed op time (the gap is
 scheduling, thunk dispatch and the host).
 """
@@ -22,6 +25,7 @@ import argparse
 import collections
 import gzip
 import json
+import math
 import os
 import pathlib
 import re
@@ -96,19 +100,102 @@ def op_times(trace_dir: pathlib.Path, instructions: dict) -> dict:
   return totals
 
 
-def build(name: str, what: str, steps_per_call: int, sample_steps: int):
-  """(compiled fn, its arguments, model steps per call)."""
-  import jax
-  import jax.numpy as jnp
+def _unet(c: dict):
   from flax import nnx
 
   from jaxdiff.convert.diffusers_unet import unet_kwargs_from_diffusers_config
   from jaxdiff.models import UNet
 
+  return UNet(**unet_kwargs_from_diffusers_config(c), rngs=nnx.Rngs(0))
+
+
+def _dit(c: dict):
+  """DiT from DiTTransformer2DModel's arguments, as compare_pytorch_jax builds it (random weights)."""
+  from flax import nnx
+
+  from jaxdiff.models import DiT
+
+  heads = c["num_attention_heads"]
+  return DiT(
+    in_channels=c["in_channels"],
+    image_size=c["sample_size"],
+    patch_size=c["patch_size"],
+    hidden_size=heads * c["attention_head_dim"],
+    depth=c["num_layers"],
+    num_heads=heads,
+    num_classes=c["num_embeds_ada_norm"],
+    learn_sigma=c["out_channels"] == 2 * c["in_channels"],
+    timestep_freq_shift=1.0,
+    mlp_norm_eps=c["norm_eps"],
+    rngs=nnx.Rngs(0),
+  )
+
+
+_NETWORKS = {"unet": _unet, "dit": _dit}
+
+
+_SHAPE = re.compile(r"f32\[([\d,]*)\]")
+_DOT = re.compile(r"= (f32\[[\d,]*\])\S* dot\(%?([\w.\-]+), %?([\w.\-]+)\), (.*)")
+
+
+def _dims(shape: str) -> list[int]:
+  return [int(v) for v in _SHAPE.search(shape).group(1).split(",") if v]
+
+
+def dot_rows(totals: dict, instructions: dict, bodies: dict, calls: int, steps: int) -> list[dict]:
+  """Every float32 dot by its form (output = lhs · rhs, contracting dims, YNNPACK or not): ms per
+  model step, count, GFLOP per model step (2 per multiply-add) and GFLOP/s, slowest first. An
+  instruction's time covers its whole fusion (a dot and what XLA fused into it)."""
+  rows = collections.defaultdict(lambda: [0.0, 0.0, 0])
+  for name, us in totals.items():
+    line = instructions[name][3]
+    called = re.search(r"calls=%([\w.\-]+)", line)
+    body = bodies.get(called.group(1), "") if called else line
+    local = dict(re.findall(r"%([\w.\-]+) = (f32\[[\d,]*\])", body))
+
+    def shape(v, local=local):
+      return local.get(v) or instructions.get(v, (0, "?"))[1]
+
+    dots = [m for m in map(_DOT.search, body.splitlines()) if m and "f32[" in shape(m.group(2))]
+    for found in dots:
+      out, lhs, rhs, dims = (
+        found.group(1),
+        shape(found.group(2)),
+        shape(found.group(3)),
+        found.group(4),
+      )
+      contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", dims).group(1)
+      k = math.prod(_dims(lhs)[int(c)] for c in contracting.split(","))
+      dims = re.sub(r", (metadata|backend_config)=.*", "", dims)
+      form = f"{out} = {lhs.split('{')[0]} · {rhs.split('{')[0]}, {dims}"
+      form += " (ynn)" if '"__ynn_fusion"' in line else ""
+      row = rows[form]
+      row[0] += us / (calls * steps * 1e3) / len(dots)  # a fusion of several dots: shared evenly
+      row[1] += 2 * math.prod(_dims(out)) * k / 1e9 / steps
+      row[2] += 1
+  return [
+    {"dot": form, "ms_per_step": round(ms, 2), "count": n, "gflop": round(gf, 3),
+     "gflops_per_s": round(gf / ms * 1e3, 1) if ms else None}
+    for form, (ms, gf, n) in sorted(rows.items(), key=lambda kv: -kv[1][0])
+  ]  # fmt: skip
+
+
+def build(name: str, what: str, steps_per_call: int, sample_steps: int):
+  """(compiled fn, its arguments, model steps per call)."""
+  import jax
+  import jax.numpy as jnp
+
   spec = CONFIGS[name]
-  model = UNet(**unet_kwargs_from_diffusers_config(spec["config"]), rngs=nnx.Rngs(0))
+  model = _NETWORKS[spec["network"]](spec["config"])
+  labels = None
+  if spec["network"] == "dit" and spec["config"].get("num_embeds_ada_norm"):
+    labels = jnp.arange(spec["train_batch"]) % spec["config"]["num_embeds_ada_norm"]
   params, tx, train_call, sample, _ = jax_programs(
-    model, steps_per_call=steps_per_call, sample_steps=sample_steps
+    model,
+    steps_per_call=steps_per_call,
+    sample_steps=sample_steps,
+    train_labels=labels,
+    sample_labels=labels,
   )
   size, channels = spec["config"]["sample_size"], spec["config"]["in_channels"]
   if what == "sample":
@@ -122,13 +209,13 @@ def build(name: str, what: str, steps_per_call: int, sample_steps: int):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  unets = sorted(name for name, c in CONFIGS.items() if c["network"] == "unet")
-  parser.add_argument("--config", default="small", choices=unets)
+  parser.add_argument("--config", default="small", choices=sorted(CONFIGS))
   parser.add_argument("--what", default="train", choices=["train", "sample"])
   parser.add_argument("--steps-per-call", type=int, default=1)
   parser.add_argument("--sample-steps", type=int, default=10)
   parser.add_argument("--calls", type=int, default=2, help="profiled calls (after 2 warm-up calls)")
   parser.add_argument("--top", type=int, default=10, help="slowest instructions to list")
+  parser.add_argument("--dots", action="store_true", help="also one line per float32 dot form")
   args = parser.parse_args()
 
   import jax
@@ -165,6 +252,9 @@ def main():
         }
       )
     )
+  if args.dots:
+    for row in dot_rows(totals, instructions, bodies, args.calls, steps):
+      print(json.dumps(row))
   for name, us in sorted(totals.items(), key=lambda kv: -kv[1])[: args.top]:
     _, shape, opcode, line = instructions[name]
     print(
