@@ -68,29 +68,32 @@ def _jax_unet(spec: dict):
   return load_diffusers_unet(spec["weights_dir"])
 
 
+def dit_from_diffusers_config(c: dict, rngs):
+  """jaxdiff's DiT of DiTTransformer2DModel's arguments `c`."""
+  from jaxdiff.models import DiT
+
+  heads = c["num_attention_heads"]
+  return DiT(
+    in_channels=c["in_channels"],
+    image_size=c["sample_size"],
+    patch_size=c["patch_size"],
+    hidden_size=heads * c["attention_head_dim"],
+    depth=c["num_layers"],
+    num_heads=heads,
+    num_classes=c["num_embeds_ada_norm"],
+    learn_sigma=c["out_channels"] == 2 * c["in_channels"],
+    timestep_freq_shift=1.0,  # diffusers' Timesteps(downscale_freq_shift=1)
+    mlp_norm_eps=c["norm_eps"],
+    rngs=rngs,
+  )
+
+
 def _jax_dit(spec: dict):
   """jaxdiff's DiT with the weights the PyTorch worker exported in the original's layout."""
   from jaxdiff.convert.dit import load_dit_state_dict
-  from jaxdiff.models import DiT
   from jaxdiff.models.table import abstract_module
 
-  c = spec["config"]
-  heads = c["num_attention_heads"]
-  model = abstract_module(
-    lambda rngs: DiT(
-      in_channels=c["in_channels"],
-      image_size=c["sample_size"],
-      patch_size=c["patch_size"],
-      hidden_size=heads * c["attention_head_dim"],
-      depth=c["num_layers"],
-      num_heads=heads,
-      num_classes=c["num_embeds_ada_norm"],
-      learn_sigma=c["out_channels"] == 2 * c["in_channels"],
-      timestep_freq_shift=1.0,  # diffusers' Timesteps(downscale_freq_shift=1)
-      mlp_norm_eps=c["norm_eps"],
-      rngs=rngs,
-    )
-  )
+  model = abstract_module(lambda rngs: dit_from_diffusers_config(spec["config"], rngs))
   with np.load(pathlib.Path(spec["weights_dir"]) / "dit_original.npz") as f:
     return load_dit_state_dict(model, dict(f))
 

@@ -39,7 +39,7 @@ cpu.apply_xla_flags()  # first: the XLA:CPU flag must precede JAX's backend
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from compare_pytorch import CONFIGS  # noqa: E402
-from compare_pytorch_jax import jax_programs  # noqa: E402
+from compare_pytorch_jax import dit_from_diffusers_config, jax_programs  # noqa: E402
 
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.+?) ([\w\-]+)\(")
@@ -110,25 +110,9 @@ def _unet(c: dict):
 
 
 def _dit(c: dict):
-  """DiT from DiTTransformer2DModel's arguments, as compare_pytorch_jax builds it (random weights)."""
   from flax import nnx
 
-  from jaxdiff.models import DiT
-
-  heads = c["num_attention_heads"]
-  return DiT(
-    in_channels=c["in_channels"],
-    image_size=c["sample_size"],
-    patch_size=c["patch_size"],
-    hidden_size=heads * c["attention_head_dim"],
-    depth=c["num_layers"],
-    num_heads=heads,
-    num_classes=c["num_embeds_ada_norm"],
-    learn_sigma=c["out_channels"] == 2 * c["in_channels"],
-    timestep_freq_shift=1.0,
-    mlp_norm_eps=c["norm_eps"],
-    rngs=nnx.Rngs(0),
-  )
+  return dit_from_diffusers_config(c, nnx.Rngs(0))
 
 
 _NETWORKS = {"unet": _unet, "dit": _dit}
