@@ -2,21 +2,21 @@
 
     python benchmarks/profile_unet.py --config=small --what=train
     python benchmarks/profile_unet.py --config=cifar10 --what=sample --sample-steps=5 --top=20
-    python benchmarks/profile_unet.py --config=dit-s2 --what=train --dots --top=0      # the DiT, per dot
+    python benchmarks/profile_unet.py --config=dit-s2 --what=train --dots --top=0   # DiT, per dot
     JAXDIFF_DEFAULT_XLA_FLAGS=0 python benchmarks/profile_unet.py ...   # without jaxdiff's flag
     JAXDIFF_WINOGRAD=1 python benchmarks/profile_unet.py ...            # with Winograd convolutions
 
 Builds the network (a U-Net, or DiT-S/2 as `dit-s2`) of benchmarks/compare_pytorch.py's CONFIGS
-(random weights: time does not depend on them; no torch needed), compiles the same train step (ε-MSE, Adam, --steps-per-call unrolled) or
-DDIM sampler, runs it under jax.profiler, and attributes every executed HLO instruction (XLA:CPU
-names each thunk's trace event after its instruction) to a category by what its fused
-computation contains: convolution forward / input gradient / filter gradient, dot forward /
-backward, reduction, transpose or copy, concat/slice/pad, elementwise; YNNPACK fusions are marked.
-Prints JSON lines: one per category (ms per step, share of the summed op time), with --dots one
-per float32 dot form (GFLOP/s; the weight gradients XLA runs as its own Eigen dots report the time
-of their trace events, which do not cover the whole product: ignore their rates), then the --top
-instructions, then a summary with wall-clock per step next to the summed op time (the gap is
-scheduling, thunk dispatch and the host).
+(random weights: time does not depend on them; no torch needed), compiles the same train step
+(ε-MSE, Adam, --steps-per-call unrolled) or DDIM sampler, runs it under jax.profiler, and attributes
+every executed HLO instruction (XLA:CPU names each thunk's trace event after its instruction) to a
+category by what its fused computation contains: convolution forward / input gradient / filter
+gradient, dot forward / backward, reduction, transpose or copy, concat/slice/pad, elementwise;
+YNNPACK fusions are marked. Prints JSON lines: one per category (ms per step, share of the summed op
+time), with --dots one per float32 dot form (GFLOP/s; the weight gradients XLA runs as its own Eigen
+dots report the time of their trace events, which do not cover the whole product: ignore their
+rates), then the --top instructions, then a summary with wall-clock per step next to the summed op
+time (the gap is scheduling, thunk dispatch and the host).
 """
 
 from __future__ import annotations

@@ -95,13 +95,13 @@ def consistency(
   """Algorithm 1 of Song et al. 2023 with the consistency function `f(x, σ)`.
 
   `sigmas` (decreasing, σ_0 first) are the noise levels f is evaluated at, `num_steps` of them
-  (`default_sigmas(num_steps)` when None, on the points of `trained_sigmas` when given); x_T is a unit-variance draw scaled by σ_0. Step i
-  evaluates f at σ_i and re-noises x̂_0 to σ_{i+1} with `noise[i]` (shape (num_steps,
-  *x_T.shape)), as diffusers draws it; the last step's draw is multiplied by 0, and a one-step
-  run draws nothing. Otherwise z comes from `fold_in(key, i)`. `clip_denoised` clamps x̂_0 to
-  [−1, 1] (pixel space). `gamma` ∈ [0, 1] is the share of fresh noise in each re-noising (the
-  module's docstring); 1 is Algorithm 1. Returns x̂_0 in x_T's dtype, or the x̂_0 of every step
-  stacked.
+  (`default_sigmas(num_steps)` when None, moved onto the points of `trained_sigmas` when given);
+  x_T is a unit-variance draw scaled by σ_0. Step i evaluates f at σ_i and re-noises x̂_0 to
+  σ_{i+1} with `noise[i]` (shape (num_steps, *x_T.shape)), as diffusers draws it; the last step's
+  draw is multiplied by 0, and a one-step run draws nothing. Otherwise z comes from
+  `fold_in(key, i)`. `clip_denoised` clamps x̂_0 to [−1, 1] (pixel space). `gamma` ∈ [0, 1] is
+  the share of fresh noise in each re-noising (the module's docstring); 1 is Algorithm 1. Returns
+  x̂_0 in x_T's dtype, or the x̂_0 of every step stacked.
   """
   if not 0.0 <= gamma <= 1.0:
     raise ValueError(f"gamma must lie in [0, 1] (1 is Algorithm 1), got {gamma}.")
