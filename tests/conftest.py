@@ -15,6 +15,17 @@ os.environ.setdefault(
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
+
+def environment_of_one_device() -> dict:
+  """This process's environment less the eight fake devices above: what a user's CPU process
+  sees (for the subprocesses and kernels that a test starts as a user would)."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = " ".join(
+    f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f
+  )
+  return env
+
+
 # After the variables above (jax reads JAX_PLATFORMS when imported) and before any test creates a
 # backend; the CLI subprocesses the tests start inherit the result.
 from jaxdiff import cpu  # noqa: E402

@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import environment_of_one_device
 from flax import nnx
 
 from jaxdiff import config as config_lib
@@ -171,8 +172,7 @@ def test_gflops_where_the_backend_cannot_analyse_an_uncompiled_program(monkeypat
 def test_accelerator_benchmark_runs_end_to_end():
   # benchmarks/accelerator.py on its small model: the JSON line a GPU/TPU run would print, on
   # one CPU device as a user's machine has (without the eight fake devices of conftest.py)
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = " ".join(f for f in env["XLA_FLAGS"].split() if "device_count" not in f)
+  env = environment_of_one_device()
   result = subprocess.run(
     [sys.executable, str(REPO / "benchmarks" / "accelerator.py"), "--models=digits-dit"],
     capture_output=True,

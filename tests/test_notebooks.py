@@ -19,6 +19,7 @@ import time
 
 import nbformat
 import pytest
+from conftest import environment_of_one_device
 from nbclient import NotebookClient
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -82,9 +83,7 @@ def test_notebooks_equal_their_sources():
 
 
 def _kernel_env(tmp_path):
-  env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
-  env["XLA_FLAGS"] = " ".join(flags)
+  env = environment_of_one_device()
   env.pop("PYTEST_CURRENT_TEST", None)
   env["TMPDIR"] = str(tmp_path)  # the notebooks' temporary workdirs, cleaned up by pytest
   return env

@@ -241,6 +241,15 @@ def _noised(key, x0, sigma_hi, sigma_lo):
   return x0 + _expand(sigma_hi, x0) * z, x0 + _expand(sigma_lo, x0) * z
 
 
+def _grid_pair(key, x0, n, num_scales, grid):
+  """(x_hi, σ_{n+1}, x_lo, σ_n): neighbours of the `num_scales`-point Karras grid and x_0 noised
+  to both with one z (CT's and iCT's pairs)."""
+  lo = karras_grid(n, num_scales, **grid, dtype=compute_dtype(x0))
+  hi = karras_grid(n + 1, num_scales, **grid, dtype=compute_dtype(x0))
+  x_hi, x_lo = _noised(key, x0, hi, lo)
+  return x_hi, hi, x_lo, lo
+
+
 def _compare(config, s, lpips):
   """(fn(frozen) -> pair_loss's distance keywords, the LPIPS parameters, the context it needs)."""
   if config.consistency.distance != "lpips":
@@ -316,9 +325,7 @@ def consistency_training(config, schedule, lpips=None) -> Objective:
     num_scales = ct_num_scales(step, **scales)
     n_key, z_key = jax.random.split(key)
     n = jax.random.randint(n_key, (x0.shape[0],), 0, num_scales - 1)
-    lo = karras_grid(n, num_scales, **s["grid"], dtype=compute_dtype(x0))
-    hi = karras_grid(n + 1, num_scales, **s["grid"], dtype=compute_dtype(x0))
-    x_hi, x_lo = _noised(z_key, x0, hi, lo)
+    x_hi, hi, x_lo, lo = _grid_pair(z_key, x0, n, num_scales, s["grid"])
     student = _student(networks, "model", config, schedule)
     target = _student(networks, "target", config, schedule)
     total, per_example = pair_loss(student, target, x_hi, hi, x_lo, lo, **compare(frozen))
@@ -355,9 +362,7 @@ def improved_consistency_training(config, schedule, lpips=None) -> Objective:
     )
     n_key, z_key = jax.random.split(key)
     n = jax.random.choice(n_key, probabilities.shape[0], (x0.shape[0],), p=probabilities)
-    lo = karras_grid(n, num_scales, **s["grid"], dtype=compute_dtype(x0))
-    hi = karras_grid(n + 1, num_scales, **s["grid"], dtype=compute_dtype(x0))
-    x_hi, x_lo = _noised(z_key, x0, hi, lo)
+    x_hi, hi, x_lo, lo = _grid_pair(z_key, x0, n, num_scales, s["grid"])
     # the student is its own target: θ⁻ = sg(θ), which is what makes CT's objective consistent
     student = _student(networks, "model", config, schedule)
     total, per_example = pair_loss(student, student, x_hi, hi, x_lo, lo, **compare(frozen))
