@@ -38,7 +38,7 @@ from jaxdiff import cpu
 cpu.apply_xla_flags()  # first: the XLA:CPU flag must precede JAX's backend
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from compare_pytorch import CONFIGS  # noqa: E402
+from compare_pytorch import CONFIGS, fixed_labels  # noqa: E402
 from compare_pytorch_jax import dit_from_diffusers_config, jax_programs  # noqa: E402
 
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
@@ -171,15 +171,20 @@ def build(name: str, what: str, steps_per_call: int, sample_steps: int):
 
   spec = CONFIGS[name]
   model = _NETWORKS[spec["network"]](spec["config"])
-  labels = None
-  if spec["network"] == "dit" and spec["config"].get("num_embeds_ada_norm"):
-    labels = jnp.arange(spec["train_batch"]) % spec["config"]["num_embeds_ada_norm"]
+  # the class labels compare_pytorch conditions on (None for an unconditional network)
+  train_labels, sample_labels = (
+    None if labels is None else jnp.asarray(labels, jnp.int32)
+    for labels in (
+      fixed_labels(spec, spec["train_batch"], seed=2),
+      fixed_labels(spec, spec["sample_batch"], seed=3),
+    )
+  )
   params, tx, train_call, sample, _ = jax_programs(
     model,
     steps_per_call=steps_per_call,
     sample_steps=sample_steps,
-    train_labels=labels,
-    sample_labels=labels,
+    train_labels=train_labels,
+    sample_labels=sample_labels,
   )
   size, channels = spec["config"]["sample_size"], spec["config"]["in_channels"]
   if what == "sample":
