@@ -38,6 +38,10 @@ def get_config():
   c.autoencoder.path = ""  # required: a `python -m jaxdiff.convert diffusers-vae` folder
   c.autoencoder.scale_factor = 0.18215
   c.autoencoder.sample_posterior = True
+  # The SD VAE's latent shape (f = 8, 4 channels): --mode=describe needs no weights, and a run
+  # checks them against the converted folder's network_config.json.
+  c.autoencoder.downsampling_factor = 8
+  c.autoencoder.latent_channels = 4
   c.model.preset = "DiT-XL/2"
   c.model.class_conditional = True
   c.model.class_dropout = 0.1

@@ -62,6 +62,11 @@ def default_config(arch: str = "unet") -> ml_collections.ConfigDict:
   # VAE's 0.18215), else 1/std of the training latents, measured once and stored in the workdir
   a.scale_factor = ml_collections.config_dict.placeholder(float)
   a.sample_posterior = True  # z drawn from q(z|x) each step (LDM, DiT); False: its mean
+  # the autoencoder's downsampling factor f and latent channels (Stable Diffusion's VAE: 8 and 4):
+  # 0 reads them from autoencoder.path; set, they must be its own, and let --mode=describe run
+  # without autoencoder.path (its weights are never needed for shapes)
+  a.downsampling_factor = 0
+  a.latent_channels = 0
   # a folder: the training split is encoded once into it (array_record posterior moments, keyed by
   # the autoencoder and the data; codecs/cache.py) and steps read latents instead of running the
   # encoder; '' encodes every batch
@@ -281,6 +286,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
       "diffusion.rescale_zero_terminal_snr=True makes ᾱ_T = 0, where an ε-prediction model "
       "cannot be sampled; set diffusion.prediction=v (as Lin et al. do) or x0."
+    )
+  if config.sample.guidance_scale != 1.0 and not config.model.class_conditional:
+    # generate.py guides only a model that takes labels: anything else would ignore the scale
+    scale = config.sample.guidance_scale
+    raise ValueError(
+      f"sample.guidance_scale={scale} needs a class-conditional model "
+      "(model.class_conditional=True); set sample.guidance_scale=1.0 for an unconditional one."
+      if network.denoiser
+      else f"sample.guidance_scale={scale} has no effect on model.arch={config.model.arch!r}, "
+      "which samples without a sampler or labels; set sample.guidance_scale=1.0."
     )
   if not 0.0 <= config.sample.guidance_rescale <= 1.0:
     raise ValueError(

@@ -1,9 +1,10 @@
 """`--mode=describe`: what a config's network is and costs, without data, a run or its weights.
 
 The parameter count and forward Gflops come from shapes alone (`jaxdiff.models.cost`); the last
-line printed is one JSON object for scripts, the lines above it the same for people. The codec is
-built as training builds it, to learn the diffusion space: for pixels that reads nothing, for
-`codec.name=autoencoder` it loads the frozen autoencoder named by `autoencoder.path`.
+line printed is one JSON object for scripts, the lines above it the same for people. The diffusion
+space comes from the codec's shape alone (`codecs.shape`): for pixels that reads nothing, for
+`codec.name=autoencoder` the config file of the autoencoder named by `autoencoder.path` (never its
+weights), or without a path the config's autoencoder.downsampling_factor and latent_channels.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from jaxdiff.run import network_spec
 def describe(config: ml_collections.ConfigDict) -> dict:
   """The network of `config`: its settings, the data and diffusion shapes, parameters, Gflops."""
   validate(config)
-  codec = codecs.build(config)
-  spec = network_spec(config, codec)
+  shape = codecs.shape(config)
+  spec = network_spec(config, shape)  # reads only the codec's latent_shape
   cost = network_cost(config.model, spec)
   d = config.data
   return {
@@ -34,6 +35,7 @@ def describe(config: ml_collections.ConfigDict) -> dict:
     "image_shape": [d.image_size, d.image_size, d.channels],
     "codec": config.codec.name,
     "diffusion_shape": [spec.image_size, spec.image_size, spec.in_channels],
+    "diffusion_shape_from": shape.source or None,  # where the codec's shape was read
     "num_classes": spec.num_classes,
     "learn_sigma": spec.learn_sigma,
     "parameters": cost.parameters,
@@ -52,6 +54,8 @@ def summary(info: dict) -> str:
   settings = ", ".join(f"{k}={v}" for k, v in info["model"].items() if v not in ("", None))
   classes = f"{info['num_classes']} classes" if info["num_classes"] else "unconditional"
   variance = ", learned variance" if info["learn_sigma"] else ""
+  source = info.get("diffusion_shape_from")
+  source = f" (from {source})" if source else ""
   fixed = ""
   if info["fixed_parameters"]:
     fixed = (
@@ -63,7 +67,7 @@ def summary(info: dict) -> str:
       f"network     {info['arch']}: {settings}",
       (
         f"data        {_shape(info['image_shape'])} images, codec {info['codec']} -> diffusion "
-        f"space {_shape(info['diffusion_shape'])}, {classes}{variance}"
+        f"space {_shape(info['diffusion_shape'])}{source}, {classes}{variance}"
       ),
       f"parameters  {info['parameters']:,}{fixed}",
       (

@@ -1,7 +1,10 @@
 """Every shipped config builds its real architecture, reads (mock) data of its dataset, and its train
 step traces on it."""
 
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -80,3 +83,57 @@ def test_config_reads_its_dataset_and_its_train_step_traces(name):
   assert jax.tree.map(lambda a: (a.shape, a.dtype), new_state.params) == jax.tree.map(
     lambda a: (a.shape, a.dtype), state.params
   )
+
+
+def test_guidance_needs_a_class_conditional_model():
+  # Classifier-free guidance mixes conditional and null-label predictions: an unconditional model
+  # would be sampled unguided without a word, so the config check refuses the scale.
+  config = load("digits")
+  validate(config)  # conditional, guided at 1.5
+  config.model.class_conditional = False
+  config.sample.guidance_scale = 3.0
+  with pytest.raises(ValueError) as error:
+    validate(config)
+  assert str(error.value) == (
+    "sample.guidance_scale=3.0 needs a class-conditional model (model.class_conditional=True); "
+    "set sample.guidance_scale=1.0 for an unconditional one."
+  )
+  config.sample.guidance_scale = 1.0
+  validate(config)
+  # a network that is no denoiser (the autoencoder) samples by itself: guidance is refused too,
+  # without pointing at model.class_conditional, which the autoencoder refuses
+  vae = load("digits_vae")
+  vae.sample.guidance_scale = 2.0
+  no_effect = r"^sample\.guidance_scale=2\.0 has no effect on model\.arch='autoencoder'.*=1\.0\.$"
+  with pytest.raises(ValueError, match=no_effect):
+    validate(vae)
+
+
+def test_cli_refuses_guidance_of_an_unconditional_model_before_any_work(tmp_path):
+  # --mode=sample validates the config before it looks for a checkpoint or makes the workdir
+  workdir = tmp_path / "work"
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "jaxdiff.main",
+      "--mode=sample",
+      f"--config={CONFIGS / 'digits.py'}",
+      f"--workdir={workdir}",
+      f"--config.data.data_dir={tmp_path / 'data'}",
+      "--config.model.class_conditional=False",
+      "--config.sample.guidance_scale=3.0",
+    ],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env=dict(os.environ),
+    check=False,
+  )
+  assert result.returncode == 1, result.stderr
+  assert result.stderr == (
+    "error: sample.guidance_scale=3.0 needs a class-conditional model "
+    "(model.class_conditional=True); set sample.guidance_scale=1.0 for an unconditional one.\n"
+  )
+  assert not workdir.exists() and not (tmp_path / "data").exists()

@@ -129,6 +129,21 @@ def test_algorithm_1_in_float64():
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
 
 
+def test_given_sigmas_set_the_number_of_steps():
+  # σ's alone, without num_steps: one step per σ (two here), not the one-step default.
+  sigmas = (80.0, 1.38)
+  rng = np.random.default_rng(11)
+  x_T = rng.standard_normal((2, 3, 3, 2))
+  noise = rng.standard_normal((2,) + x_T.shape)
+  want = _numpy_trajectory(x_T, sigmas, noise)
+  with jax.enable_x64(True):
+    got = samplers.consistency(_f, jnp.asarray(x_T), sigmas=sigmas, noise=noise)
+    np.testing.assert_allclose(got, want[-1], rtol=1e-12, atol=1e-14)
+    assert not np.allclose(got, want[0])  # the second step ran
+    drawn = samplers.consistency(_f, jnp.asarray(x_T), sigmas=sigmas, key=jax.random.key(0))
+    assert drawn.shape == x_T.shape
+
+
 @pytest.mark.parametrize("gamma", [0.0, 0.6])
 def test_gamma_sampling_in_float64(gamma):
   # CTM's γ-sampling with a consistency function against NumPy; γ = 0 draws nothing that

@@ -14,7 +14,7 @@ from conftest import environment_of_one_device
 from flax import nnx
 
 from jaxdiff import config as config_lib
-from jaxdiff.describe import describe
+from jaxdiff.describe import describe, summary
 from jaxdiff.models import table
 from jaxdiff.models.cost import network_cost
 from jaxdiff.models.dit import PRESET_NAMES, DiTConfig
@@ -193,3 +193,118 @@ def test_accelerator_benchmark_runs_end_to_end():
   # (the optimizer, EMA): between 2× and 6× the forward's multiply-adds, counted as 2 flops each
   forward_flop = 2e9 * line["forward_gflops"]
   assert 2 * forward_flop < line["step_tflop"] * 1e12 < 6 * 3 * forward_flop
+
+
+def _imagenet256_dit(**autoencoder):
+  config = _load_config(REPO / "configs" / "imagenet256_dit.py")
+  assert config.autoencoder.path == ""  # as shipped: no VAE named, none needed to describe
+  config.autoencoder.update(autoencoder)
+  return config
+
+
+def test_imagenet256_dit_is_described_without_the_vae():
+  # The SD VAE's f = 8 and 4 latent channels, stated in the shipped config: 256×256×3 images
+  # are 32×32×4 latents, and DiT-XL/2 on them is the paper's 675M, 118.6 Gflops.
+  config = _imagenet256_dit()
+  assert (config.autoencoder.downsampling_factor, config.autoencoder.latent_channels) == (8, 4)
+  info = describe(config)
+  assert info["diffusion_shape"] == [32, 32, 4] and info["image_shape"] == [256, 256, 3]
+  assert info["parameters"] == ORIGINAL_COUNTS["DiT-XL/2"]  # the paper's "675M"
+  assert info["gflops"] == pytest.approx(PAPER_GFLOPS["DiT-XL/2"], rel=0.02)
+  source = "autoencoder.downsampling_factor and autoencoder.latent_channels"
+  assert info["diffusion_shape_from"] == source
+  assert f"32×32×4 (from {source})" in summary(info)
+
+
+def test_the_latent_shape_needs_an_autoencoder_path_or_its_two_numbers():
+  with pytest.raises(ValueError) as error:
+    describe(_imagenet256_dit(downsampling_factor=0, latent_channels=0))
+  assert str(error.value) == (
+    "the latent shape needs the autoencoder: set autoencoder.path to its folder (only its config "
+    "file is read) or autoencoder.downsampling_factor and autoencoder.latent_channels (8 and 4 "
+    "for Stable Diffusion's VAE)."
+  )
+  with pytest.raises(ValueError, match=r"downsampling_factor must be a power of 2 .* got 6\.$"):
+    describe(_imagenet256_dit(downsampling_factor=6, latent_channels=4))
+
+
+# network_config.json of `python -m jaxdiff.convert diffusers-vae` on stabilityai/sd-vae-ft-ema
+SD_VAE = {
+  "arch": "autoencoder",
+  "in_channels": 3,
+  "out_channels": 3,
+  "block_out_channels": [128, 256, 512, 512],
+  "layers_per_block": 2,
+  "latent_channels": 4,
+  "norm_num_groups": 32,
+  "use_quant_conv": True,
+  "use_post_quant_conv": True,
+  "scaling_factor": 0.18215,
+  "shift_factor": 0.0,
+}
+
+
+def test_a_converted_vae_folder_is_read_for_its_config_alone(tmp_path):
+  # The folder's network_config.json without the params/ checkpoint next to it: describe reads no
+  # weights. DiT-S/8 keeps the lowering cheap.
+  folder = tmp_path / "sd-vae-ft-ema"
+  folder.mkdir()
+  (folder / "network_config.json").write_text(json.dumps(SD_VAE))
+  config = _imagenet256_dit(path=str(folder))
+  config.model.preset = "DiT-S/8"
+  info = describe(config)
+  assert info["diffusion_shape"] == [32, 32, 4]
+  assert info["parameters"] == ORIGINAL_COUNTS["DiT-S/8"]
+  assert info["diffusion_shape_from"] == str(folder / "network_config.json")
+  # numbers stated in the config must be the autoencoder's own
+  config.autoencoder.latent_channels = 8
+  stated = r"^autoencoder\.latent_channels=8 but the autoencoder in .* has 4: set autoencoder\."
+  with pytest.raises(ValueError, match=stated + r"latent_channels=4 \(or 0: read from the"):
+    describe(config)
+  config.autoencoder.latent_channels = 4
+  config.data.channels = 1  # an RGB VAE cannot take 1-channel images
+  with pytest.raises(ValueError, match="takes 3-channel images .* use a matching autoencoder"):
+    describe(config)
+  # a converted network of another kind is no autoencoder
+  (folder / "network_config.json").write_text(json.dumps({"arch": "dit", "depth": 2}))
+  with pytest.raises(ValueError, match="holds a 'dit' network, not an autoencoder"):
+    describe(_imagenet256_dit(path=str(folder)))
+
+
+def test_digits_latent_is_described_from_a_vae_workdir_without_checkpoints(tmp_path):
+  # A digits_vae workdir's config.json is enough (f = 4 from three levels, 4 latent channels).
+  vae = tmp_path / "vae"
+  vae.mkdir()
+  (vae / "config.json").write_text(_load_config(REPO / "configs" / "digits_vae.py").to_json())
+  config = _load_config(REPO / "configs" / "digits_latent.py")
+  config.autoencoder.path = str(vae)
+  config.data.data_dir = str(tmp_path / "data")
+  info = describe(config)
+  assert info["image_shape"] == [32, 32, 1] and info["diffusion_shape"] == [8, 8, 4]
+  assert info["diffusion_shape_from"] == str(vae / "config.json")
+  assert not (tmp_path / "data").exists()
+
+
+def test_the_codec_refuses_stated_numbers_that_are_not_its_autoencoders(tmp_path):
+  # Training builds the codec from the weights: stated numbers are checked there too, and the
+  # shape it computes is describe's.
+  from jaxdiff import codecs
+  from jaxdiff.convert.converted import save_converted
+  from jaxdiff.models.autoencoder import AutoencoderKL
+
+  kwargs = {"in_channels": 3, "block_out_channels": [8, 8], "latent_channels": 2}
+  kwargs |= {"norm_num_groups": 4, "scaling_factor": 0.5}
+  save_converted(tmp_path / "vae", "autoencoder", kwargs, AutoencoderKL(**kwargs, rngs=nnx.Rngs(0)))
+  config = _imagenet256_dit(path=str(tmp_path / "vae"), downsampling_factor=2, latent_channels=2)
+  assert codecs.build(config).latent_shape(256, 3) == codecs.shape(config).latent_shape(256, 3)
+  assert codecs.shape(config).latent_shape(256, 3) == (128, 2)
+  config.autoencoder.downsampling_factor = 8
+  with pytest.raises(ValueError, match=r"^autoencoder\.downsampling_factor=8 but the autoencoder"):
+    codecs.build(config)
+
+
+def test_pixel_runs_refuse_the_autoencoders_numbers():
+  config = _load_config(REPO / "configs" / "digits.py")
+  config.autoencoder.downsampling_factor = 8
+  with pytest.raises(ValueError, match="codec.name='identity' diffuses pixels: set --config.codec"):
+    describe(config)

@@ -8,6 +8,10 @@ entry in `CODECS`.
 A codec's functions are pure: `encode(params, images, key)` and `decode(params, latents)`, with
 its frozen parameters passed explicitly into the jitted programs (an autoencoder's weights would
 otherwise be baked into every program as constants), `params` being None for the identity.
+
+`shape(config)` is the diffusion space's shape without building the codec where building would
+read weights: a codec whose builder loads any has an entry in `SHAPES` that reads only what the
+shape needs (the autoencoder's config file); the others are built.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Callable
 import ml_collections
 
 from jaxdiff.codecs import autoencoder
-from jaxdiff.codecs.base import Codec, identity
+from jaxdiff.codecs.base import Codec, CodecShape, identity
 
 
 def _identity(config: ml_collections.ConfigDict) -> Codec:
@@ -25,6 +29,12 @@ def _identity(config: ml_collections.ConfigDict) -> Codec:
     raise ValueError(
       "autoencoder.path is set but codec.name='identity' diffuses pixels: set "
       "--config.codec.name=autoencoder for latent diffusion, or clear autoencoder.path."
+    )
+  if config.autoencoder.downsampling_factor or config.autoencoder.latent_channels:
+    raise ValueError(
+      "autoencoder.downsampling_factor and autoencoder.latent_channels describe an autoencoder's "
+      "latents but codec.name='identity' diffuses pixels: set --config.codec.name=autoencoder, or "
+      "set both to 0."
     )
   if config.autoencoder.cache:
     raise ValueError(
@@ -40,6 +50,12 @@ CODECS: dict[str, Callable[[ml_collections.ConfigDict], Codec]] = {
 }
 
 
+# codecs whose builder loads weights: their shape from the config (and config files) alone
+SHAPES: dict[str, Callable[[ml_collections.ConfigDict], CodecShape]] = {
+  "autoencoder": autoencoder.shape,
+}
+
+
 def build(config: ml_collections.ConfigDict) -> Codec:
   """The codec `config.codec.name` names, built (and its parameters loaded) from the config."""
   name = config.codec.name
@@ -48,4 +64,12 @@ def build(config: ml_collections.ConfigDict) -> Codec:
   return CODECS[name](config)
 
 
-__all__ = ["CODECS", "Codec", "build", "identity"]
+def shape(config: ml_collections.ConfigDict) -> CodecShape:
+  """The shape of the codec `config.codec.name` names, reading no weights (`SHAPES`)."""
+  name = config.codec.name
+  if name in SHAPES:
+    return SHAPES[name](config)
+  return CodecShape(build(config).latent_shape)
+
+
+__all__ = ["CODECS", "SHAPES", "Codec", "CodecShape", "build", "identity", "shape"]

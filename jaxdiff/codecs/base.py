@@ -27,6 +27,15 @@ class Codec:
   from_moments: Callable | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class CodecShape:
+  """A codec's shape alone, for what needs no weights (`--mode=describe`): `latent_shape` as the
+  built codec's, and where it came from in words ('' when there is nothing to say)."""
+
+  latent_shape: Callable[[int, int], tuple[int, int]]
+  source: str = ""
+
+
 def identity() -> Codec:
   return Codec(
     encode=lambda params, images, key: images,

@@ -81,7 +81,7 @@ def consistency(
   f: Callable,
   x_T,
   *,
-  num_steps: int = 1,
+  num_steps: int | None = None,
   sigmas: Sequence[float] | None = None,
   sigma_min: float = SIGMA_MIN,
   sigma_max: float = SIGMA_MAX,
@@ -94,8 +94,10 @@ def consistency(
 ):
   """Algorithm 1 of Song et al. 2023 with the consistency function `f(x, σ)`.
 
-  `sigmas` (decreasing, σ_0 first) are the noise levels f is evaluated at, `num_steps` of them
-  (`default_sigmas(num_steps)` when None, moved onto the points of `trained_sigmas` when given);
+  `sigmas` (decreasing, σ_0 first) are the noise levels f is evaluated at, one step each, so
+  `num_steps` may be left out with them (given, it must be their count); without them they are
+  `default_sigmas(num_steps)` (one step when num_steps is None as well), moved onto the points of
+  `trained_sigmas` when given;
   x_T is a unit-variance draw scaled by σ_0. Step i evaluates f at σ_i and re-noises x̂_0 to
   σ_{i+1} with `noise[i]` (shape (num_steps, *x_T.shape)), as diffusers draws it; the last step's
   draw is multiplied by 0, and a one-step run draws nothing. Otherwise z comes from
@@ -107,9 +109,12 @@ def consistency(
     raise ValueError(f"gamma must lie in [0, 1] (1 is Algorithm 1), got {gamma}.")
   if sigmas is None:
     sigmas = default_sigmas(
-      num_steps, sigma_min=sigma_min, sigma_max=sigma_max, trained_sigmas=trained_sigmas
+      1 if num_steps is None else num_steps,
+      sigma_min=sigma_min,
+      sigma_max=sigma_max,
+      trained_sigmas=trained_sigmas,
     )
-  elif len(sigmas) != num_steps:
+  elif num_steps is not None and len(sigmas) != num_steps:
     raise ValueError(
       f"{len(sigmas)} sigmas {tuple(sigmas)} make {len(sigmas)} steps, not num_steps={num_steps}; "
       "give as many σ's as steps."
