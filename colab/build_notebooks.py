@@ -42,7 +42,8 @@ def badge(name: str) -> str:
 
 INSTALL = f'''\
 # Where jaxdiff comes from: a git URL (a fork works too). Opened in Colab, this cell clones it and
-# installs it; run inside a checkout of jaxdiff (as CI does), it uses that checkout instead.
+# installs it; run inside a checkout of jaxdiff (as CI does), it uses that checkout instead, and
+# where jaxdiff is installed already (a wheel) and no checkout is around, that installation.
 JAXDIFF_SOURCE = "{REPOSITORY}"
 
 import importlib.util
@@ -59,7 +60,7 @@ def is_checkout(path):
 
 here = pathlib.Path.cwd()
 ROOT = next((p for p in (here, *here.parents, here / "jaxdiff-src") if is_checkout(p)), None)
-if ROOT is None:
+if ROOT is None and importlib.util.find_spec("jaxdiff") is None:
   ROOT = here / "jaxdiff-src"
   subprocess.run(["git", "clone", "--depth=1", JAXDIFF_SOURCE, str(ROOT)], check=True)
 if importlib.util.find_spec("jaxdiff") is None:
@@ -78,14 +79,19 @@ import jax
 
 
 def load_config(name):
-  """configs/<name>.py's config, as --config=configs/<name>.py reads it."""
+  """The shipped config <name> (configs/<name>.py), as --config=<name> reads it."""
+  from jaxdiff import shipped_configs
   from jaxdiff.config import load_file
 
-  return load_file(ROOT / "configs" / f"{{name}}.py")
+  path = shipped_configs.resolve(name)
+  if path is None:
+    raise ValueError(shipped_configs.not_found(name))
+  return load_file(path)
 
 
 def jaxdiff_main(*flags, interrupt_when=None):
-  """Runs `python -m jaxdiff.main FLAGS` in the checkout and shows its output as it comes; once
+  """Runs `python -m jaxdiff.main FLAGS` in the checkout (elsewhere, --config=configs/X.py is the
+  installed jaxdiff's shipped X) and shows its output as it comes; once
   `interrupt_when()` is true the process gets SIGTERM, what a preempted machine sends. Returns
   the exit code."""
   import select
@@ -93,7 +99,8 @@ def jaxdiff_main(*flags, interrupt_when=None):
 
   print("$ python -m jaxdiff.main", *flags, flush=True)
   command = [sys.executable, "-m", "jaxdiff.main", *flags]
-  proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  cwd = ROOT or here
+  proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
   interrupted = False
   while True:
     if select.select([proc.stdout], [], [], 1.0)[0]:
@@ -108,7 +115,8 @@ def jaxdiff_main(*flags, interrupt_when=None):
   return proc.wait()
 
 
-print("jaxdiff from", ROOT, "| JAX", jax.__version__, "|", jax.devices())'''
+where = ROOT or pathlib.Path(cpu.__file__).parent.parent  # the checkout, or the installed package
+print("jaxdiff from", where, "| JAX", jax.__version__, "|", jax.devices())'''
 
 
 def _cells(source: str):

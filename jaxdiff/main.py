@@ -1,6 +1,10 @@
 """Command line: python -m jaxdiff.main --config=configs/X.py --workdir=DIR --mode=train|sample|eval,
 or --mode=describe (no workdir: the network's parameters and Gflops, from shapes alone).
 
+--config takes a config file, or a shipped config by name (--config=X); configs/X.py from a folder
+without that file is the shipped X too, so a wheel install runs README's commands anywhere
+(shipped_configs.py). Without --config: the shipped digits config.
+
 Overrides: --config.train.num_steps=2000 (an unknown key is an error). Errors a user can cause
 end in one sentence on stderr and exit code 1; checkpoints are never touched by an error.
 """
@@ -14,7 +18,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
-_DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parent.parent / "configs" / "digits.py"
+from jaxdiff import shipped_configs
+
+# The shipped digits config, wherever jaxdiff is installed (a wheel, an editable install, a clone).
+_DEFAULT_CONFIG = shipped_configs.shipped("digits")
 # What config_flags reads as the config file and as overrides: --config=F / --config F, and
 # --config.a.b=v / --config.a.b v / --noconfig.a.b (booleans).
 _CONFIG_FILE_ARG = re.compile(r"--?config(?:=(.*))?", re.DOTALL)
@@ -52,25 +59,43 @@ def _config_file_arg(args):
   return value
 
 
-def _check_config_file(args):
+def _resolve_config_value(value):
+  """The --config value with its file resolved (shipped_configs.resolve), its :args kept; a
+  value that names no config file ends here in one sentence."""
   # config_flags turns a missing config file into an error only when the config is first read,
   # deep inside a run, as a traceback.
-  value = _config_file_arg(args)
-  if value is None:
-    return
-  path = value.split(":", 1)[0]  # config_flags passes what follows a colon to get_config
+  path, colon, config_args = value.partition(":")  # config_flags passes what follows to get_config
   if not path:
-    _fail("--config is empty: give the path of a config file such as configs/digits.py")
-  if not pathlib.Path(path).exists():
-    _fail(f"--config: the config file '{path}' does not exist")
-  if not pathlib.Path(path).is_file():
+    _fail("--config is empty: give a config file (configs/digits.py) or a shipped config (digits)")
+  resolved = shipped_configs.resolve(path)
+  if resolved is None:
+    _fail(f"--config: {shipped_configs.not_found(path)}")
+  if not pathlib.Path(resolved).is_file():
     _fail(f"--config: '{path}' is not a file")
+  return resolved + colon + config_args
+
+
+def _resolve_config_file(args):
+  """args with every --config value resolved to the file it names (see _resolve_config_value)."""
+  args = list(args)
+  for i, arg in enumerate(args):
+    if arg == "--":
+      break
+    if match := _CONFIG_FILE_ARG.fullmatch(arg):
+      if match[1] is not None:
+        args[i] = arg[: match.start(1)] + _resolve_config_value(match[1])
+      elif i + 1 < len(args):
+        args[i + 1] = _resolve_config_value(args[i + 1])
+  return args
 
 
 def _load_config(args):
   """The config the command line names (without overrides), or None if it does not load."""
   value = _config_file_arg(args) or str(_DEFAULT_CONFIG)
   path, *config_args = value.split(":", 1)
+  path = shipped_configs.resolve(path)
+  if path is None:
+    return None
   try:
     spec = importlib.util.spec_from_file_location("_jaxdiff_config_to_explain", path)
     module = importlib.util.module_from_spec(spec)
@@ -173,6 +198,8 @@ def main(argv):
       f"--mode={FLAGS.mode} needs --workdir: the run's directory, e.g. --workdir=workdir/digits"
     )
   # Imported here so that --help and flag errors answer without loading JAX and Orbax.
+  import jax
+
   from jaxdiff import describe, evaluation, parallel, sampling
   from jaxdiff.checkpoint import CheckpointError
   from jaxdiff.data import DatasetNotPreparedError
@@ -184,13 +211,13 @@ def main(argv):
   config = FLAGS.config
   user_errors = (RunError, CheckpointError, DatasetNotPreparedError, ValueError)
   try:
-    if FLAGS.mode == "describe":  # one process, no devices used: nothing to coordinate
-      describe.report(config)
-      return
     parallel.initialize_distributed(
       FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
     )
-    if FLAGS.mode == "train":
+    if FLAGS.mode == "describe":  # from shapes alone: no device is used, process 0 reports
+      if jax.process_index() == 0:
+        describe.report(config)
+    elif FLAGS.mode == "train":
       loop.train(config, FLAGS.workdir)
     elif FLAGS.mode == "sample":
       sampling.sample(config, FLAGS.workdir)
@@ -198,13 +225,17 @@ def main(argv):
       evaluation.evaluate(config, FLAGS.workdir)
   except user_errors as e:
     _fail(e)  # once, on stderr; absl's logging.error would repeat it
+  except loop.Preempted as e:
+    print(f"preempted: {e}", file=sys.stderr)
+    sys.exit(loop.PREEMPTED_EXIT_CODE)
 
 
 def parse_flags(argv):
-  """absl's flag parsing, with a missing config file or a bad --config override as one line."""
-  _check_config_file(_command_line_args(argv))
+  """absl's flag parsing, with a missing config file or a bad --config override as one line; a
+  --config value that names a shipped config is read as that config's file."""
+  args = _resolve_config_file(_command_line_args(argv))
   try:
-    return FLAGS(argv)
+    return FLAGS([argv[0], *args])
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError) as e:
     _report_flag_error(argv, e)
 

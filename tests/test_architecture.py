@@ -8,13 +8,15 @@ import re
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "jaxdiff"
+# The shipped configs: the top-level configs/ folder, installed as jaxdiff.configs (pyproject.toml).
+CONFIGS = PACKAGE.parent / "configs"
 
 # Lowest first. A module may import from its own layer and any earlier one.
 LAYERS = [
   ["cpu"],
   ["schedules", "diffusion", "likelihood", "guidance", "importance", "preconditioning", "samplers"],
   ["models", "objectives", "metrics", "parallel", "checkpoint", "data"],
-  ["config", "state", "convert", "codecs"],
+  ["config", "shipped_configs", "configs", "state", "convert", "codecs"],
   ["run"],
   ["generate"],
   ["sampling", "evaluation", "describe", "train"],
@@ -25,7 +27,13 @@ LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 def _unit(path: pathlib.Path) -> str:
   """The top-level module or package under jaxdiff/ that a file belongs to."""
+  if path.parent == CONFIGS:
+    return "configs"
   return path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+
+
+def _name(path: pathlib.Path) -> str:
+  return str(path.relative_to(PACKAGE if _unit(path) != "configs" else PACKAGE.parent))
 
 
 def _imported_units(path: pathlib.Path) -> set[str]:
@@ -42,25 +50,28 @@ def _imported_units(path: pathlib.Path) -> set[str]:
   return units
 
 
-FILES = sorted(p for p in PACKAGE.rglob("*.py") if _unit(p) not in ("__init__", "__main__"))
+FILES = sorted(
+  [p for p in PACKAGE.rglob("*.py") if _unit(p) not in ("__init__", "__main__")]
+  + list(CONFIGS.glob("*.py"))
+)
 
 
 def test_every_unit_has_a_layer():
   assert {_unit(p) for p in FILES} <= set(LAYER)
 
 
-@pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(PACKAGE)))
+@pytest.mark.parametrize("path", FILES, ids=_name)
 def test_imports_point_down(path):
   unit = _unit(path)
   above = sorted(u for u in _imported_units(path) if u in LAYER and LAYER[u] > LAYER[unit])
-  assert not above, f"{path.relative_to(PACKAGE)} imports {above} from a layer above {unit!r}"
+  assert not above, f"{_name(path)} imports {above} from a layer above {unit!r}"
 
 
 def test_no_dispatch_on_table_names_outside_the_tables():
   # `config.model.arch == "unet"`, `sampler == "ddim"`, `loss == "hybrid"` and the like
   pattern = re.compile(r"\b(arch|sampler|loss|codec\.name)\s*(==|!=|in)\s*[\"'(]")
   offenders = [
-    f"{p.relative_to(PACKAGE)}:{i}"
+    f"{_name(p)}:{i}"
     for p in FILES
     for i, line in enumerate(p.read_text().splitlines(), 1)
     if pattern.search(line)

@@ -4,6 +4,7 @@ Every case runs `python -m jaxdiff.main` (or the data function it calls) in a su
 would; all of them fail or finish before any training, so they stay cheap.
 """
 
+import json
 import os
 import pathlib
 import subprocess
@@ -16,8 +17,9 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 CURSOR_UP = "\x1b[A"  # what tqdm's nested bars leave behind when they close
 
 
-def _cli(tmp_path, *args):
+def _cli(tmp_path, *args, config=None):
   command = [sys.executable, "-m", "jaxdiff.main", f"--workdir={tmp_path / 'work'}"]
+  command += [f"--config={config}"] if config is not None else []  # before its overrides
   command += [f"--config.data.data_dir={tmp_path / 'data'}", *args]
   return subprocess.run(
     command, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=dict(os.environ)
@@ -44,6 +46,30 @@ def test_missing_config_file_with_overrides_is_named_in_one_line(tmp_path):
   # With an override, config_flags reads the missing config while parsing (an OSError there).
   result = _cli(tmp_path, "--config=nowhere.py", "--config.train.num_steps=3")
   _the_error(result, "nowhere.py", "does not exist")
+
+
+def test_unknown_config_name_lists_the_shipped_configs(tmp_path):
+  result = _cli(tmp_path, "--config=digitz")
+  line = _the_error(result, "'digitz'", "did you mean 'digits'?")
+  assert "digits_dit" in line and "imagenet64" in line  # the shipped configs, by name
+  assert result.stderr.strip().count("\n") == 0, result.stderr
+
+
+def test_readme_config_path_falls_back_to_the_shipped_config(tmp_path):
+  # tmp_path has no configs/ folder: configs/digits.py is the shipped digits config, as after a
+  # wheel install (tests/test_install.py runs the wheel itself)
+  assert not (tmp_path / "configs").exists()
+  result = _cli(tmp_path, "--mode=describe", config="configs/digits.py")
+  assert result.returncode == 0, result.stderr
+  info = json.loads(result.stdout.strip().splitlines()[-1])
+  assert info["arch"] == "unet" and info["diffusion_shape"] == [16, 16, 1]
+
+
+def test_a_shipped_config_name_keeps_its_colon_arguments(tmp_path):
+  # config_flags passes what follows ':' to get_config (the digits config takes none)
+  result = _cli(tmp_path, "--config.train.num_steps=3", config="digits:oops")
+  assert result.returncode == 1
+  assert "get_config() takes 0 positional arguments but 1 was given" in result.stderr
 
 
 @pytest.mark.parametrize("explicit_config", [False, True])
