@@ -8,12 +8,11 @@ import json
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
 
-from jaxdiff import generate, likelihood, metrics, objectives, parallel
+from jaxdiff import data, generate, likelihood, metrics, objectives, parallel
 from jaxdiff.run import RunError, make_dataset, restore_for_inference, setup
 
 
@@ -56,11 +55,13 @@ def _bits_per_dim(config, run, state) -> dict:
   own_bound = own_bound(config, run.schedule) if own_bound is not None else None
 
   def batch_bpd(params, images, labels, key):
-    model = run.model_def.bind(params)
-    model.eval()
     if own_bound is not None:
+      model = run.model_def.bind(params)
+      model.eval()
       return own_bound(model, images, labels, key)
-    model_fn = lambda x, t: model(x, t, labels)
+    # bound afresh at each call: the bound's steps call it inside a scan (remat'ed blocks)
+    network = run.model_def.inference_fn(params)
+    model_fn = lambda x, t: network(x, t, labels)
     if e.num_timesteps:
       return likelihood.bits_per_dim_estimate(
         key,
@@ -78,6 +79,8 @@ def _bits_per_dim(config, run, state) -> dict:
 
   rep, batch = parallel.replicated(run.mesh), parallel.batch_sharded(run.mesh)
   fn = jax.jit(batch_bpd, in_shardings=(None, batch, batch, rep), out_shardings=batch)
+  # Every process reads the same batches, whole, and places the rows its devices hold: batch i
+  # is the same on any number of processes, and so is its key.
   dataset = make_dataset(
     config,
     d.eval_split,
@@ -86,18 +89,20 @@ def _bits_per_dim(config, run, state) -> dict:
     batch_size=e.batch_size,
     drop_remainder=False,
     random_flip=False,
+    shard_options=data.grain_shard(0, 1),
   )
   key = jax.random.fold_in(jax.random.key(config.seed), 0xE7A1)
   values = []
   for i, host in enumerate(tqdm.tqdm(dataset, unit="batch", disable=jax.process_index() != 0)):
     count = host["image"].shape[0]
     # Pad the last, short batch to the sharded batch size; the padding is dropped below.
-    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], e.batch_size - count, 0)])
-    images = jnp.asarray(pad(host["image"]))
-    labels = jnp.asarray(pad(host["label"])) if config.model.class_conditional else None
-    values.append(
-      np.asarray(fn(state.ema_params, images, labels, jax.random.fold_in(key, i)))[:count]
+    pad = lambda a: parallel.global_from_host(
+      np.concatenate([a, np.repeat(a[-1:], e.batch_size - count, 0)]), batch
     )
+    images = pad(host["image"])
+    labels = pad(host["label"]) if config.model.class_conditional else None
+    bpd = fn(state.ema_params, images, labels, jax.random.fold_in(key, i))
+    values.append(parallel.to_host(bpd)[:count])
     if e.num_examples and sum(map(len, values)) >= e.num_examples:
       break
   bpd = np.concatenate(values)[: e.num_examples or None]
@@ -131,10 +136,14 @@ def _sample_quality(config, run, state, step) -> dict:
       "eval.num_samples > 0 needs eval.inception_weights (a safetensors file made by `python -m "
       "jaxdiff.convert pytorch-fid-inception`), or set eval.num_samples=0."
     )
-  model = metrics.load_inception(e.inception_weights) if e.inception_weights else None
-  images = draw_samples(config, run, state, step)
+  model = None
+  if e.inception_weights and jax.process_index() == 0:
+    model = metrics.load_inception(e.inception_weights)
+  images = draw_samples(config, run, state, step)  # every process draws its devices' rows
+  if jax.process_index() != 0:
+    return {}  # the scores need no collective: process 0 computes and reports them
   out = {"eval_samples": int(len(images)), "eval_guidance_scale": config.sample.guidance_scale}
-  if model is None:
+  if not e.inception_weights:
     # No Inception on digits: a classifier jaxdiff fits on the test split (never trained on).
     from jaxdiff.metrics import digits_classifier
 
@@ -195,6 +204,7 @@ def _reference(config, run, model) -> metrics.ReferenceStatistics:
         batch_size=e.batch_size,
         drop_remainder=False,
         random_flip=False,
+        shard_options=data.grain_shard(0, 1),  # the whole split (only process 0 scores)
       )
       return np.concatenate([generate.to_uint8(b["image"]) for b in dataset])
 

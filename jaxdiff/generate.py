@@ -15,7 +15,6 @@ import chex
 import jax
 import ml_collections
 import numpy as np
-from jax.experimental import multihost_utils
 from PIL import Image
 
 from jaxdiff import codecs, guidance, models, objectives, parallel
@@ -77,17 +76,19 @@ def make_sample_fn(
   context = {"trained_sigmas": objectives.trained_sigmas(config)}
 
   def sample(params, codec_params, key, labels):
-    model = model_def.bind(params)
-    model.eval()
     if not arch.denoiser:  # a network that samples by itself (the autoencoder's prior)
+      model = model_def.bind(params)
+      model.eval()
       return arch.generate(model, key, batch_size, config.data.image_size)
+    # bound afresh at each call: the sampler calls it inside its scan (remat'ed blocks need that)
+    network = model_def.inference_fn(params)
     if labels is None:
-      model_fn = lambda x, t: model(x, t)
+      model_fn = lambda x, t: network(x, t)
     elif s.guidance_scale == 1.0:
-      model_fn = lambda x, t: model(x, t, labels)
+      model_fn = lambda x, t: network(x, t, labels)
     else:
       model_fn = guidance.classifier_free(
-        model,
+        network,
         labels,
         guidance_scale=s.guidance_scale,
         guidance_rescale=s.guidance_rescale,
@@ -120,16 +121,23 @@ def make_sample_fn(
 
 
 class Generator:
-  """Draws uint8 images of a trained network, `batch_size` per call, on every process."""
+  """Draws uint8 images of a trained network, `batch_size` per call, on every process.
+
+  Each device draws its rows of the batch; the images are then gathered on every process. The
+  batch is padded to a multiple of the device count and the padding dropped: with JAX's
+  partitionable random bits a row's noise does not depend on the batch's length, so sample i is
+  the same on any number of devices and processes."""
 
   def __init__(self, run, batch_size: int):
     self.config, self.batch_size, self._codec = run.config, batch_size, run.codec
+    self._padded = parallel.padded_batch(batch_size, run.mesh)
+    self._labels_sharding = parallel.batch_sharded(run.mesh)
     self._fn = make_sample_fn(
       run.model_def,
       run.schedule,
       run.config,
       run.mesh,
-      batch_size,
+      self._padded,
       codec=run.codec,
       spec=run.spec,
     )
@@ -137,9 +145,10 @@ class Generator:
   def images(self, params, key, offset: int = 0):
     """(uint8 NHWC images, labels or None) of samples offset … offset + batch_size − 1, drawn
     with `key`; the labels depend on the offset only."""
-    labels = class_labels(self.config, self.batch_size, offset)
-    images = self._fn(params, self._codec.params, key, labels)
-    return to_uint8(gather(images)), labels
+    labels = class_labels(self.config, self._padded, offset)
+    placed = None if labels is None else parallel.global_from_host(labels, self._labels_sharding)
+    images = parallel.to_host(self._fn(params, self._codec.params, key, placed))
+    return to_uint8(images[: self.batch_size]), None if labels is None else labels[: self.batch_size]
 
   def batch(self, params, key, b: int):
     """Batch b of a numbered sequence of samples: key fold_in(key, b), offset b·batch_size."""
@@ -164,8 +173,3 @@ def save_grid(images: np.ndarray, path, *, scale: int = 2) -> None:
   picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   picture.save(path)
-
-
-def gather(images) -> np.ndarray:
-  """A batch sharded over all processes' devices, whole, on every host."""
-  return np.asarray(multihost_utils.process_allgather(images, tiled=True))

@@ -160,6 +160,42 @@ def state_shardings(mesh: Mesh, tree, rules=LOGICAL_AXIS_RULES):
   )
 
 
+def global_from_host(array, sharding: NamedSharding) -> jax.Array:
+  """An array that every process holds whole and alike (labels of a sample batch, an eval batch
+  read by every process) as a global `jax.Array` laid out by `sharding`: each process places only
+  the rows its own devices hold, so no process reads or sends another's."""
+  array = np.asarray(array)
+  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def put(tree, shardings):
+  """Places a tree that every process holds alike (a fresh state, frozen weights that each process
+  read) with `shardings`, one sharding or a tree of them. One process: `jax.device_put`. Several:
+  through host memory, each process placing its own devices' parts (device_put cannot move an
+  array committed to one device of each process onto the devices of the others)."""
+  if jax.process_count() == 1:
+    return jax.device_put(tree, shardings)
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, tree)
+  return jax.tree.map(lambda a, s: global_from_host(a, s), tree, shardings)
+
+
+def to_host(array: jax.Array) -> np.ndarray:
+  """A global array, whole, as NumPy on every process (the allgather of JAX's multihost
+  utilities; a plain copy on one process)."""
+  if array.is_fully_addressable:
+    return np.asarray(array)
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+
+
+def padded_batch(batch_size: int, mesh: Mesh) -> int:
+  """The smallest multiple of the mesh's device count that holds `batch_size` rows."""
+  devices = mesh.devices.size
+  return -(-batch_size // devices) * devices
+
+
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
   devices = mesh.devices.size
   if batch_size % devices or batch_size % jax.process_count():

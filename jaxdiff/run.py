@@ -61,6 +61,15 @@ class Run(Components):
 
 # Sections that fix what a checkpoint means; changing them under an existing workdir is an error.
 _FIXED = ("model", "diffusion", "codec", "data.image_size", "data.channels", "data.num_classes")
+# Keys of those sections that change how the network computes, not what its parameters mean: a run
+# trained with remat (to fit a device) may be sampled without it, a teacher distilled with it.
+_HOW_IT_COMPUTES = ("model.remat", "model.attention")
+
+
+def _fixed(key: str, sections) -> bool:
+  if key in _HOW_IT_COMPUTES:
+    return False
+  return any(key == f or key.startswith(f + ".") for f in sections)
 
 
 def _flatten(value, prefix=""):
@@ -82,7 +91,7 @@ def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDi
   new = _flatten(config.to_dict())
   default = _flatten(default_config(arch=config.model.arch).to_dict())
   for key, value in new.items():
-    if not any(key == f or key.startswith(f + ".") for f in _FIXED):
+    if not _fixed(key, _FIXED):
       continue
     if value != saved.get(key, default.get(key)):
       raise RunError(
@@ -158,10 +167,11 @@ def _read_lpips(config: ml_collections.ConfigDict):
 
 def _calibration_images(config: ml_collections.ConfigDict, count: int = 512) -> np.ndarray:
   """The first `count` training images in file order (no shuffle, no flip): deterministic, so a
-  rebuilt run measures the same."""
+  rebuilt run, and every process of one, measures the same."""
   dataset = make_dataset(
     config, config.data.split, shuffle=False, num_epochs=1, batch_size=count,
     drop_remainder=False, random_flip=False,
+    shard_options=data.grain_shard(0, 1),  # the same images on every process
   )  # fmt: skip
   return next(iter(dataset))["image"]
 
@@ -238,7 +248,7 @@ def read_teacher(config: ml_collections.ConfigDict):
   teacher_config = saved_config(workdir)
   theirs, ours = _flatten(teacher_config.to_dict()), _flatten(config.to_dict())
   for fixed in _TEACHER_FIXED:
-    for key in sorted(k for k in ours if k == fixed or k.startswith(fixed + ".")):
+    for key in sorted(k for k in ours if _fixed(k, (fixed,))):
       if theirs.get(key) != ours[key]:
         raise RunError(
           f"the teacher in {workdir} has {key}={theirs.get(key)!r} but this run has "
@@ -284,10 +294,17 @@ def setup(config: ml_collections.ConfigDict, workdir) -> Run:
   if not (workdir / "config.json").exists():
     (workdir / "config.json").write_text(config.to_json(indent=2))
   _check_codec(workdir, parts.codec)
-  state = jax.device_put(parts.state, parallel.state_shardings(mesh, parts.state))
+  state = parallel.put(parts.state, parallel.state_shardings(mesh, parts.state))
+  # Frozen parameters replicated over the mesh: a program over every process's devices cannot
+  # read arrays that live on one device of each process.
+  rep = parallel.replicated(mesh)
+  codec = dataclasses.replace(parts.codec, params=parallel.put(parts.codec.params, rep))
+  frozen = parallel.put(parts.objective.frozen_params, rep)
+  objective = dataclasses.replace(parts.objective, frozen_params=frozen)
   checkpointer = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
   fields = {f.name: getattr(parts, f.name) for f in dataclasses.fields(Components)}
-  return Run(**{**fields, "state": state}, workdir=workdir, mesh=mesh, checkpointer=checkpointer)
+  placed = {"state": state, "codec": codec, "objective": objective}
+  return Run(**{**fields, **placed}, workdir=workdir, mesh=mesh, checkpointer=checkpointer)
 
 
 def restore_for_inference(run: Run):

@@ -43,6 +43,22 @@ class ModelDef:
     # Fresh copies of the RNG variables, so the caller's trace owns them and may reseed them.
     return nnx.merge(self.graphdef, params, jax.tree.map(jnp.copy, self.rest))
 
+  def inference_fn(self, params: nnx.State):
+    """`fn(x, t, y=None, **kwargs)`: the network in eval mode (no dropout) as a pure function.
+
+    Each call binds a fresh module in the caller's trace, so the function may be called inside
+    a `lax.scan` (a sampler's loop, the likelihood bound's steps) of a network whose blocks are
+    `nnx.remat`-ed: nnx.remat writes back into the module it is called on, which NNX refuses for
+    a module bound outside the scan. Binding costs tracing time only."""
+
+    def fn(x, t, y=None, **kwargs):
+      # new Variable objects in this trace: those of `params` belong to the caller's trace
+      model = self.bind(jax.tree.map(lambda v: v, params))
+      model.eval()
+      return model(x, t, y, **kwargs)
+
+    return fn
+
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

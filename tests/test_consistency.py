@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 
+import cluster
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -468,3 +469,23 @@ def test_ict_is_its_own_target():
   (total, (per_example, metrics)), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(weight)
   assert per_example.shape == (4,) and np.isfinite(float(total)) and float(grad) != 0.0
   assert int(metrics["num_scales"]) == 10 * 2 ** (500 // 125) + 1  # 161
+
+
+def test_a_distillation_in_every_mode_on_two_processes_equals_one(teacher, data_dir, tmp_path):  # noqa: F811
+  # cd_config's sizes on every device of both processes; the teacher is read by each process
+  overrides = {
+    **{k: v for k, v in TINY.items() if k != "train.num_devices"},
+    "data.data_dir": str(data_dir),
+    "teacher.workdir": str(teacher),
+    "train.num_steps": 2,
+    "train.steps_per_call": 1,
+    "train.checkpoint_every": 2,
+    "train.sample_every": 2,
+    "consistency.num_scales": 6,
+    "sample.num_steps": 2,
+    "eval.num_samples": 8,
+  }
+  config_file = ROOT / "configs" / "digits_cd.py"
+  npz, result = cluster.every_mode(config_file, tmp_path / "run", overrides)
+  assert np.load(npz)["arr_0"].shape == (8, 16, 16, 1) and result["eval_samples"] == 8
+  cluster.same_as_one_process(config_file, overrides, tmp_path / "run", tmp_path, npz, result)

@@ -11,6 +11,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import cluster
 import pytest
 from numerics import relative_error
 from scipy import stats
@@ -175,6 +176,34 @@ def test_latent_run_trains_and_samples_decoded_images(
   images = np.load(sampling.sample(config, workdir))["arr_0"]
   assert images.shape == (10, 32, 32, 1)  # decoded: the data's shape, not the latents'
   assert len(np.unique(images)) > 2  # not a constant image
+
+
+def test_a_latent_run_in_every_mode_on_two_processes_equals_one(vae_workdir, data_dir, tmp_path):  # noqa: F811
+  # tiny_latent_config's sizes on every device of both processes, with a final grid and 10
+  # samples scored by the digits classifier (a latent run has no pixel bound)
+  overrides = {
+    "data.data_dir": str(data_dir),
+    "data.batch_size": 16,
+    "model.base_channels": 32,
+    "model.channel_mult": (1,),
+    "autoencoder.path": str(vae_workdir),
+    "train.num_steps": 2,
+    "train.steps_per_call": 2,
+    "train.checkpoint_every": 2,
+    "train.sample_every": 2,
+    "sample.num_samples": 10,
+    "sample.batch_size": 10,
+    "sample.num_steps": 2,
+    "eval.num_samples": 10,
+  }
+  config_file = ROOT / "configs" / "digits_latent.py"
+  npz, result = cluster.every_mode(config_file, tmp_path / "run", overrides)
+  assert np.load(npz)["arr_0"].shape == (10, 32, 32, 1)  # decoded
+  # every process measured the same latent scale on the same 512 images
+  assert json.loads((tmp_path / "run" / "codec.json").read_text())["scale_factor"] > 0
+  cluster.same_as_one_process(
+    config_file, overrides, tmp_path / "run", tmp_path, npz, result, rtol=1e-3
+  )
 
 
 def test_codec_from_a_converted_diffusers_vae_uses_its_scaling_factor(tmp_path, data_dir):  # noqa: F811

@@ -246,8 +246,13 @@ def test_a_checkpoint_of_another_state_is_refused_and_left_in_place(tmp_path):
 
 
 def read_params(workdir, step):
+  """A checkpoint's state onto this process's first device, whatever mesh wrote it."""
+  path = pathlib.Path(workdir) / "checkpoints" / str(step) / "state"
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   with ocp.StandardCheckpointer() as reader:
-    return reader.restore(pathlib.Path(workdir) / "checkpoints" / str(step) / "state")
+    saved = reader.metadata(path).item_metadata
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
+    return reader.restore(path, target)
 
 
 def test_sigkill_and_resume_is_bit_identical(tmp_path, data_dir):
@@ -339,14 +344,25 @@ def test_cli_train_then_sample_and_never_overwrite(tmp_path, data_dir):
   subprocess.run(
     cli(workdir, data_dir, mode="sample", **{"train.num_steps": 4}), check=True, capture_output=True
   )
-  samples = np.load(workdir / "samples" / "samples_8x16x16x1.npz")
+  (folder,) = [p for p in (workdir / "samples").iterdir() if p.is_dir()]
+  assert folder.name.startswith("step4_unipc4_guidance1.5_seed0_")  # what made them
+  samples = np.load(folder / "samples_8x16x16x1.npz")
   assert samples["arr_0"].shape == (8, 16, 16, 1) and samples["arr_0"].dtype == np.uint8
   np.testing.assert_array_equal(samples["arr_1"], np.arange(8) % 10)
-  assert (workdir / "samples" / "grid.png").exists()
+  assert (folder / "grid.png").exists() and not (folder / "partial").exists()
+  # the same command again: the same images exist, nothing is drawn or written
+  stamp = (folder / "samples_8x16x16x1.npz").stat().st_mtime_ns
   again = subprocess.run(
     cli(workdir, data_dir, mode="sample", **{"train.num_steps": 4}), capture_output=True, text=True
   )
-  assert again.returncode == 1 and "exists already" in again.stderr
+  assert again.returncode == 0 and "exists already" in again.stdout
+  assert (folder / "samples_8x16x16x1.npz").stat().st_mtime_ns == stamp
+  # other settings write beside it and leave it alone
+  other = {"train.num_steps": 4, "sample.num_steps": 3}
+  subprocess.run(cli(workdir, data_dir, mode="sample", **other), check=True, capture_output=True)
+  folders = sorted(p.name for p in (workdir / "samples").iterdir() if p.is_dir())
+  assert len(folders) == 2 and any(f.startswith("step4_unipc3_guidance1.5_seed0_") for f in folders)
+  assert (folder / "samples_8x16x16x1.npz").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.parametrize(
@@ -368,7 +384,7 @@ def test_config_errors_exit_nonzero_with_one_message(tmp_path, data_dir, flag, m
   assert "Traceback" not in result.stderr
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_nonzero(tmp_path, data_dir):
+def test_sigterm_saves_a_checkpoint_and_exits_with_the_preempted_status(tmp_path, data_dir):
   workdir = tmp_path / "run"
   proc = subprocess.Popen(
     cli(workdir, data_dir, **{"train.num_steps": 400, "train.checkpoint_every": 100}),
@@ -382,10 +398,15 @@ def test_sigterm_saves_a_checkpoint_and_exits_nonzero(tmp_path, data_dir):
     assert proc.poll() is None and time.time() < deadline, "training did not start"
     time.sleep(0.05)
   proc.send_signal(signal.SIGTERM)
+  proc.send_signal(signal.SIGTERM)  # a second notice while saving changes nothing
   _, stderr = proc.communicate(timeout=120)
-  assert proc.returncode == 1 and "rerun the same command to resume" in stderr
+  assert proc.returncode == loop.PREEMPTED_EXIT_CODE == 75  # EX_TEMPFAIL: try again
+  assert "rerun the same command to resume" in stderr
   saved = [int(p.name) for p in (workdir / "checkpoints").iterdir()]
   assert len(saved) == 1 and 2 <= saved[0] < 100  # saved at the step it stopped, off the grid
+  # the checkpoint is whole: the run resumes from it
+  resumed = loop.train(tiny_config(data_dir, **{"train.num_steps": saved[0] + 2}), workdir)
+  assert int(resumed.step) == saved[0] + 2
 
 
 def test_hybrid_loss_training_and_eval_mode(tmp_path, data_dir):

@@ -85,6 +85,11 @@ def encode_all(
   `path`; (examples written, record shape). Batches are padded to `batch_size`, so the encoder
   compiles once."""
   moments_fn = jax.jit(codec.moments)
+  # Each process encodes its own images on its own device: this process's copy of the
+  # parameters, which a run holds replicated over every process's devices.
+  params = jax.tree.map(
+    lambda a: a.addressable_data(0) if isinstance(a, jax.Array) else a, codec.params
+  )
   shape = None
 
   def examples():
@@ -97,7 +102,7 @@ def encode_all(
       n = len(images)
       padded = np.concatenate([images, np.repeat(images[:1], batch_size - n, axis=0)])
       views = [padded, padded[:, :, ::-1]] if flips else [padded]  # NHWC: [:, :, ::-1] mirrors
-      out = np.stack([np.asarray(moments_fn(codec.params, jnp.asarray(v))) for v in views])
+      out = np.stack([np.asarray(moments_fn(params, jnp.asarray(v))) for v in views])
       shape = (len(views), *out.shape[2:])  # out: (V, B, h, w, 2c), one (V, h, w, 2c) per image
       for i in range(n):
         yield out[:, i], None if labels is None else int(labels[i])

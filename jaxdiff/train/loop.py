@@ -11,6 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 
 from jaxdiff import data, generate, models, parallel
@@ -20,15 +21,43 @@ from jaxdiff.run import Run, RunError, setup, training_dataset
 from jaxdiff.train.step import make_train_fn
 
 
+# The exit status of a run stopped by a preemption notice with its checkpoint saved (sysexits.h's
+# EX_TEMPFAIL: try again): rerunning the same command resumes it.
+PREEMPTED_EXIT_CODE = 75
+
+
+class Preempted(RuntimeError):
+  """Training stopped at a preemption notice (SIGTERM, SIGINT) after saving its checkpoint."""
+
+
 class _Preemption:
-  """Turns SIGTERM/SIGINT into a flag the loop checks between steps, so it can checkpoint."""
+  """When to stop for a preemption notice: SIGTERM, or SIGINT (Ctrl-C).
+
+  One process: the signal sets a flag that the loop reads after each call, and the run saves at
+  the step it reached. Several processes: each gets the notice at its own moment, and one that
+  stopped stepping while the others enter the next collective would hang the job. JAX's
+  preemption sync manager (part of `jax.distributed`, which handles SIGTERM itself) tells every
+  process and picks the first call that all of them will reach;
+  `multihost_utils.reached_preemption_sync_point(call)` is True at that call on every process.
+  SIGINT is handed to it as a SIGTERM. A second notice while saving changes nothing."""
 
   def __init__(self):
     self.signal = None
-    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    self._synced = jax.process_count() > 1
+    signals = (signal.SIGINT,) if self._synced else (signal.SIGTERM, signal.SIGINT)
+    self._previous = {s: signal.signal(s, self._handle) for s in signals}
 
   def _handle(self, signum, frame):
-    self.signal = signum
+    self.signal = self.signal or signum
+    if self._synced and signum != signal.SIGTERM:
+      signal.raise_signal(signal.SIGTERM)  # to JAX's notifier, which tells every process
+
+  def reached(self, call: int) -> bool:
+    """Whether the loop, after its `call`-th call of this process (the same on all processes),
+    must save and stop."""
+    if self._synced:
+      return multihost_utils.reached_preemption_sync_point(call)
+    return self.signal is not None
 
   def restore(self):
     for s, handler in self._previous.items():
@@ -96,7 +125,7 @@ def train(config: ml_collections.ConfigDict, workdir) -> state_lib.TrainState:
     disable=jax.process_index() != 0,
   )
   began = started = time.time()
-  last_log = step
+  last_log, calls = step, 0
   try:
     while step < t.num_steps:
       # Calls never cross a checkpoint or sample boundary, so a resumed run makes the same calls.
@@ -117,31 +146,33 @@ def train(config: ml_collections.ConfigDict, workdir) -> state_lib.TrainState:
           "Lower optim.learning_rate or set optim.grad_clip_norm, then rerun to resume."
         )
       step += n
+      calls += 1
+      stop = preemption.reached(calls)
       bar.update(n)
       bar.set_postfix(loss=f"{losses[-1]:.4f}")
-      if step // t.log_every > (step - n) // t.log_every or step == t.num_steps:
+      if step // t.log_every > (step - n) // t.log_every or step == t.num_steps or stop:
         now = time.time()
         values = {k: float(np.asarray(v)[-1]) for k, v in metrics.items()}
         values["steps_per_sec"] = (step - last_log) / max(now - started, 1e-9)
         values["wall_seconds"] = now - began  # since this process started training
         metrics_out.write(step, values)
         started, last_log = now, step
-      if step % t.checkpoint_every == 0 or step == t.num_steps or preemption.signal:
+      if step % t.checkpoint_every == 0 or step == t.num_steps or stop:
         run.checkpointer.save(step, state, iterator.get_state(), force=True)
       if grids is not None and (step % t.sample_every == 0 or step == t.num_steps):
         grids.write(state.ema_params, step)
-      if preemption.signal:
+      if stop:
         run.checkpointer.wait()
-        raise RunError(
-          f"stopped by signal {preemption.signal} at step {step}; the "
-          "checkpoint is saved: rerun the same command to resume."
+        raise Preempted(
+          f"stopped by a preemption notice at step {step} (on every process); the checkpoint "
+          "is saved: rerun the same command to resume."
         )
   finally:
     bar.close()
-    preemption.restore()
-    run.checkpointer.wait()
+    run.checkpointer.wait()  # before the handlers go: a late signal must not cut a save short
     run.checkpointer.close()
     metrics_out.close()
+    preemption.restore()
   return state
 
 
@@ -151,7 +182,7 @@ class _GridWriter:
   def __init__(self, run: Run):
     count = run.config.sample.grid_samples
     self._path = run.workdir / "samples"
-    self._generator = generate.Generator(run, count - count % run.mesh.devices.size)
+    self._generator = generate.Generator(run, count)
 
   def write(self, params, step: int):
     images, _ = self._generator.images(params, generate.grid_key(self._generator.config, step))

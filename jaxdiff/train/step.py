@@ -65,9 +65,8 @@ def train_step(
     t, weights = importance.sample(t_key, state.loss_history, x0.shape[0])
 
   def frozen(params):
-    model = model_def.bind(params)
-    model.eval()
-    return lambda x, t, y=labels, **kwargs: model(x, t, y, **kwargs)
+    network = model_def.inference_fn(params)
+    return lambda x, t, y=labels, **kwargs: network(x, t, y, **kwargs)
 
   # Extra parameter sets are closed over: they take part in the loss and get no gradient.
   others = {name: frozen(params) for name, params in (state.extra or {}).items()}
