@@ -79,14 +79,13 @@ def run_jaxdiff(workdir: pathlib.Path, overrides: list, train: bool) -> dict:
     record_path.write_text(json.dumps(record))
   config = json.loads((workdir / "config.json").read_text())
   s, d = config["sample"], config["data"]
-  npz = (
-    workdir
-    / "samples"
-    / f"samples_{s['num_samples']}x{d['image_size']}x{d['image_size']}x{d['channels']}.npz"
-  )
-  if not npz.exists():
+  name = f"samples_{s['num_samples']}x{d['image_size']}x{d['image_size']}x{d['channels']}.npz"
+  found = sorted((workdir / "samples").glob(f"step*/{name}"))  # named by what made them
+  if not found:
     record["sample_seconds"] = run_timed(base + ["--mode=sample"])
     record_path.write_text(json.dumps(record))
+    found = sorted((workdir / "samples").glob(f"step*/{name}"))
+  npz = found[-1]
   logs = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   # The first log window holds the compilation; the others are the steady rate.
   steady = [line["steps_per_sec"] for line in logs[1:]]

@@ -97,8 +97,10 @@ print("checkpoints at steps", checkpoint_steps())
 # ## Sample
 #
 # `--mode=sample` loads the newest checkpoint's EMA parameters and writes `sample.num_samples`
-# images (100 here, ten of each digit) as `samples/samples_100x16x16x1.npz`, the format standard
-# FID tools read, and a grid as `samples/grid.png`.
+# images (100 here, ten of each digit) as `samples_100x16x16x1.npz`, the format standard FID tools
+# read, and a grid as `grid.png`, in a folder of `samples/` named by what made them (checkpoint
+# step, sampler and steps, guidance, seed, and a digest of the other `sample.*` settings), so
+# sampling again with other settings never overwrites them.
 
 # %%
 assert jaxdiff_main(f"--workdir={WORKDIR}", "--mode=sample") == 0
@@ -108,7 +110,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-samples = np.load(WORKDIR / "samples" / "samples_100x16x16x1.npz")
+(SAMPLES,) = (WORKDIR / "samples").glob("step*/samples_100x16x16x1.npz")
+print(SAMPLES.parent.name)
+samples = np.load(SAMPLES)
 print(
   "images",
   samples["arr_0"].shape,
@@ -118,7 +122,7 @@ print(
   "…",
 )
 plt.figure(figsize=(6, 6))
-plt.imshow(Image.open(WORKDIR / "samples" / "grid.png"), cmap="gray")
+plt.imshow(Image.open(SAMPLES.parent / "grid.png"), cmap="gray")
 plt.title(f"digits 0–9 in each row, after {checkpoint_steps()[-1]} training steps")
 plt.axis("off")
 plt.show()

@@ -212,7 +212,7 @@ print((LATENT_DIR / "codec.json").read_text())
 
 # %%
 assert jaxdiff_main(*LATENT_FLAGS, "--mode=sample") == 0
-written = np.load(LATENT_DIR / "samples" / "samples_100x32x32x1.npz")
+(written,) = (np.load(p) for p in (LATENT_DIR / "samples").glob("*/samples_100x32x32x1.npz"))
 latent_samples, latent_labels = written["arr_0"], written["arr_1"]  # uint8 images, asked-for labels
 print("latent diffusion samples", latent_samples.shape, latent_samples.dtype)
 
