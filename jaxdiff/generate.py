@@ -148,7 +148,8 @@ class Generator:
     labels = class_labels(self.config, self._padded, offset)
     placed = None if labels is None else parallel.global_from_host(labels, self._labels_sharding)
     images = parallel.to_host(self._fn(params, self._codec.params, key, placed))
-    return to_uint8(images[: self.batch_size]), None if labels is None else labels[: self.batch_size]
+    kept = slice(0, self.batch_size)  # the padding rows go
+    return to_uint8(images[kept]), None if labels is None else labels[kept]
 
   def batch(self, params, key, b: int):
     """Batch b of a numbered sequence of samples: key fold_in(key, b), offset b·batch_size."""

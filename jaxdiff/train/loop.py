@@ -163,9 +163,10 @@ def train(config: ml_collections.ConfigDict, workdir) -> state_lib.TrainState:
         grids.write(state.ema_params, step)
       if stop:
         run.checkpointer.wait()
+        where = " on every process" if jax.process_count() > 1 else ""
         raise Preempted(
-          f"stopped by a preemption notice at step {step} (on every process); the checkpoint "
-          "is saved: rerun the same command to resume."
+          f"stopped by a preemption notice at step {step}{where}; the checkpoint is saved: "
+          "rerun the same command to resume."
         )
   finally:
     bar.close()
