@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
-import shutil
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 
 class CheckpointError(RuntimeError):
@@ -32,7 +31,7 @@ class Checkpointer:
   """Saves {'state': pytree, 'data': JSON} every few steps, keeping the newest `keep`."""
 
   def __init__(self, directory, *, keep: int = 3, async_save: bool = True):
-    self.directory = pathlib.Path(directory).absolute()
+    self.directory = _absolute(directory)
     self._options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True, enable_async_checkpointing=async_save
     )
@@ -99,13 +98,13 @@ class Checkpointer:
   def _set_aside(self, step):
     if jax.process_index() == 0:
       aside = self.directory.parent / "checkpoints_corrupt"
-      aside.mkdir(exist_ok=True)
+      aside.mkdir(parents=True, exist_ok=True)
       target = aside / f"{step}"
       suffix = 0
       while target.exists():
         suffix += 1
         target = aside / f"{step}.{suffix}"
-      shutil.move(os.fspath(self.directory / str(step)), os.fspath(target))
+      (self.directory / str(step)).rename(target)
     # Orbax caches the step list; a fresh manager sees the directory as it now is.
     self._manager.close()
     self._manager = ocp.CheckpointManager(self.directory, options=self._options)
@@ -118,7 +117,7 @@ def read_latest(directory, abstract_fields: dict):
   Read-only: that run's checkpoints are not this one's to move aside or rotate, so a checkpoint
   that cannot be read raises instead. Orbax commits a step's folder by renaming it to the step
   number, so the numbered folders are the finished checkpoints."""
-  directory = pathlib.Path(directory).absolute()
+  directory = _absolute(directory)
   steps = (
     sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
     if directory.is_dir()
@@ -156,3 +155,9 @@ def _fields(tree):
 def abstract(tree):
   """Shapes, dtypes and shardings of a tree of arrays, for restoring into."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _absolute(directory) -> epath.Path:
+  """A local folder as an absolute path (Orbax's), a URL as it is."""
+  directory = epath.Path(directory)
+  return directory if "://" in os.fspath(directory) else directory.absolute()

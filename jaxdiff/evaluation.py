@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from jaxdiff import data, generate, likelihood, metrics, objectives, parallel
+from jaxdiff import data, generate, likelihood, metrics, objectives, parallel, storage
 from jaxdiff.run import RunError, make_dataset, restore_for_inference, setup
 
 
@@ -32,8 +32,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   if config.eval.num_samples:
     result.update(_sample_quality(config, run, state, step))
   if jax.process_index() == 0:
-    with open(run.workdir / "metrics.jsonl", "a") as f:
-      f.write(json.dumps(result) + "\n")
+    storage.append_text(run.workdir / "metrics.jsonl", json.dumps(result) + "\n")
     print(json.dumps(result))
   return result
 

@@ -8,8 +8,8 @@ classifier-free guidance, then the codec's decode to images in [-1, 1].
 
 from __future__ import annotations
 
+import io
 import math
-import pathlib
 
 import chex
 import jax
@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from jaxdiff import codecs, guidance, models, objectives, parallel
+from jaxdiff import codecs, guidance, models, objectives, parallel, storage
 from jaxdiff.samplers import table as sampler_table
 from jaxdiff.schedules import Schedule
 from jaxdiff.state import ModelDef
@@ -172,5 +172,8 @@ def save_grid(images: np.ndarray, path, *, scale: int = 2) -> None:
     grid[2 + r * (h + 2) : 2 + r * (h + 2) + h, 2 + q * (w + 2) : 2 + q * (w + 2) + w] = image
   picture = Image.fromarray(grid[..., 0] if c == 1 else grid)
   picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  picture.save(path)
+  buffer = io.BytesIO()
+  picture.save(buffer, format="PNG")
+  path = storage.path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  storage.write_bytes_whole(path, buffer.getvalue())

@@ -13,8 +13,9 @@ import pathlib
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
-from jaxdiff import codecs, data, metrics, models, objectives, parallel, schedules
+from jaxdiff import codecs, data, metrics, models, objectives, parallel, schedules, storage
 from jaxdiff import state as state_lib
 from jaxdiff.checkpoint import Checkpointer, abstract, read_latest
 from jaxdiff.codecs import cache as latent_cache
@@ -54,7 +55,7 @@ class Components:
 class Run(Components):
   """A run's workdir with everything built from its config, before any checkpoint is restored."""
 
-  workdir: pathlib.Path
+  workdir: epath.Path
   mesh: jax.sharding.Mesh
   checkpointer: Checkpointer
 
@@ -78,7 +79,7 @@ def _flatten(value, prefix=""):
   return {prefix[:-1]: json.loads(json.dumps(value))}  # tuples and lists compare alike
 
 
-def _check_workdir_config(workdir: pathlib.Path, config: ml_collections.ConfigDict):
+def _check_workdir_config(workdir: epath.Path, config: ml_collections.ConfigDict):
   """Refuses settings that change what the workdir's checkpoints mean.
 
   An option newer than the saved config.json is accepted at its default value, so workdirs made
@@ -176,7 +177,7 @@ def _calibration_images(config: ml_collections.ConfigDict, count: int = 512) -> 
   return next(iter(dataset))["image"]
 
 
-def _check_codec(workdir: pathlib.Path, codec: codecs.Codec) -> None:
+def _check_codec(workdir: epath.Path, codec: codecs.Codec) -> None:
   """Stores what the run's latents depend on (workdir/codec.json) or refuses a codec that changed:
   another autoencoder at the same path, or another latent scale, would silently corrupt a run."""
   if not codec.info:
@@ -214,7 +215,7 @@ _TEACHER_FIXED = (
 
 def saved_config(workdir) -> ml_collections.ConfigDict:
   """A workdir's config.json as a config; options newer than the file keep their defaults."""
-  saved = json.loads((pathlib.Path(workdir) / "config.json").read_text())
+  saved = json.loads((storage.path(workdir) / "config.json").read_text())
   config = default_config(arch=saved.get("model", {}).get("arch", "unet"))
 
   def update(node, values):
@@ -238,7 +239,7 @@ def read_teacher(config: ml_collections.ConfigDict):
       f"diffusion.loss={config.diffusion.loss!r} distils a teacher: set "
       "--config.teacher.workdir to the workdir of a trained jaxdiff run."
     )
-  workdir = pathlib.Path(config.teacher.workdir).expanduser()
+  workdir = storage.path(config.teacher.workdir, what="teacher.workdir")
   path = workdir / "config.json"
   if not path.is_file():
     raise RunError(
@@ -270,7 +271,7 @@ def read_teacher(config: ml_collections.ConfigDict):
   return read[1]["ema_params"]
 
 
-def _has_checkpoints(workdir: pathlib.Path) -> bool:
+def _has_checkpoints(workdir: epath.Path) -> bool:
   directory = workdir / "checkpoints"
   return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
@@ -283,7 +284,7 @@ def setup(config: ml_collections.ConfigDict, workdir) -> Run:
   """
   validate(config)
   enable_compilation_cache(config)
-  workdir = pathlib.Path(workdir)
+  workdir = storage.path(workdir, what="--workdir")
   teacher = None
   if objectives.OBJECTIVES[config.diffusion.loss].needs_teacher and not _has_checkpoints(workdir):
     teacher = read_teacher(config)

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pathlib
-
 import jax
 import ml_collections
 import numpy as np
 import tqdm
+from etils import epath
 from jax.experimental import multihost_utils
 
-from jaxdiff import generate, models
+from jaxdiff import generate, models, storage
 from jaxdiff.run import restore_for_inference, setup
 
 
@@ -35,7 +34,7 @@ def output_name(config: ml_collections.ConfigDict, step: int) -> str:
   return f"step{step}_{how}_seed{config.seed}_{digest}"
 
 
-def sample(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
+def sample(config: ml_collections.ConfigDict, workdir) -> epath.Path:
   """Writes sample.num_samples images drawn with the sample.* settings; returns the npz's path.
 
   Batches are kept in a partial folder as they are made, so an interrupted run resumes where it
@@ -68,21 +67,18 @@ def sample(config: ml_collections.ConfigDict, workdir) -> pathlib.Path:
       continue
     images, labels = generator.batch(state.ema_params, key, b)
     if jax.process_index() == 0:
-      part = partial / f"{b:05d}.npz"
-      tmp = part.with_suffix(".tmp.npz")
-      np.savez(tmp, images=images, labels=np.asarray([] if labels is None else labels))
-      tmp.rename(part)
+      labels = np.asarray([] if labels is None else labels)
+      storage.save_npz(partial / f"{b:05d}.npz", images=images, labels=labels)
   if jax.process_index() == 0:
-    parts = [np.load(partial / f"{b:05d}.npz") for b in range(num_batches)]
+    parts = [storage.load_npz(partial / f"{b:05d}.npz") for b in range(num_batches)]
     images = np.concatenate([p["images"] for p in parts])[: s.num_samples]
     labels = np.concatenate([p["labels"] for p in parts])[: s.num_samples]
     arrays = {"arr_0": images} if labels.size == 0 else {"arr_0": images, "arr_1": labels}
     generate.save_grid(images[:100], grid)
-    tmp = npz.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.rename(npz)  # last: an npz that exists is complete
+    storage.save_npz(npz, **arrays)  # last: an npz that exists is complete
     for b in range(num_batches):
       (partial / f"{b:05d}.npz").unlink()
-    partial.rmdir()
+    if partial.exists():  # an object store has no empty folders: nothing is left of it there
+      partial.rmdir()
     print(f"wrote {npz} and {grid} from the EMA parameters at step {step}")
   return npz

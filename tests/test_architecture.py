@@ -15,7 +15,7 @@ CONFIGS = PACKAGE.parent / "configs"
 LAYERS = [
   ["cpu"],
   ["schedules", "diffusion", "likelihood", "guidance", "importance", "preconditioning", "samplers"],
-  ["models", "objectives", "metrics", "parallel", "checkpoint", "data"],
+  ["models", "objectives", "metrics", "parallel", "checkpoint", "data", "storage"],
   ["config", "shipped_configs", "configs", "state", "convert", "codecs"],
   ["run"],
   ["generate"],

@@ -10,6 +10,7 @@ little from pytorch-fid's (see `inception.preprocess`); recompute from `arr_0` f
 from __future__ import annotations
 
 import functools
+import io
 import os
 import re
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxdiff import storage
 from jaxdiff.metrics.fid import FIDStatistics, feature_statistics, frechet_distance
 from jaxdiff.metrics.inception import InceptionV3, images_from_uint8, preprocess
 from jaxdiff.metrics.inception_score import inception_score
@@ -50,7 +52,7 @@ def _check_images(images: np.ndarray, source: str) -> np.ndarray:
 
 def _load_npz(path: str | os.PathLike) -> np.lib.npyio.NpzFile:
   try:
-    f = np.load(path)
+    f = np.load(io.BytesIO(storage.path(path).read_bytes()))  # a local file or a URL
   except (OSError, ValueError) as e:
     raise ValueError(f"{path} is not a readable npz file ({e}).") from e
   if not isinstance(f, np.lib.npyio.NpzFile):
@@ -124,19 +126,17 @@ def reference_statistics(
   """
   if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
     raise ValueError(f"Reference name {name!r} must be a plain file name: letters, digits, _ . -")
-  path = os.path.join(directory, f"{name}.npz")
-  if os.path.exists(path):
+  path = storage.path(directory) / f"{name}.npz"
+  if path.exists():
     with _load_npz(path) as f:
       return ReferenceStatistics(f["mu"], f["sigma"], f["features"])
   features, _ = inception_features(
     model, images() if callable(images) else images, batch_size=batch_size
   )
   stats = ReferenceStatistics(*feature_statistics(features), features)
-  os.makedirs(directory, exist_ok=True)
-  # Written under a temporary name and renamed: an interrupted run never leaves a truncated cache.
-  tmp = os.path.join(directory, f".{name}.tmp.npz")
-  np.savez(tmp, **stats._asdict())
-  os.replace(tmp, path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  # Written under a temporary name and moved: an interrupted run never leaves a truncated cache.
+  storage.save_npz(path, **stats._asdict())
   return stats
 
 

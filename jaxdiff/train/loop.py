@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pathlib
 import signal
 import time
 
@@ -11,10 +10,11 @@ import jax
 import ml_collections
 import numpy as np
 import tqdm
+from etils import epath
 from jax.experimental import multihost_utils
 from tensorboardX import SummaryWriter
 
-from jaxdiff import data, generate, models, parallel
+from jaxdiff import data, generate, models, parallel, storage
 from jaxdiff import state as state_lib
 from jaxdiff.checkpoint import abstract
 from jaxdiff.run import Run, RunError, setup, training_dataset
@@ -67,24 +67,23 @@ class _Preemption:
 class _Metrics:
   """metrics.jsonl and TensorBoard events in the workdir, written by process 0."""
 
-  def __init__(self, workdir: pathlib.Path):
+  def __init__(self, workdir: epath.Path):
     self.enabled = jax.process_index() == 0
     if self.enabled:
-      self._jsonl = open(workdir / "metrics.jsonl", "a")
+      self._jsonl = workdir / "metrics.jsonl"
+      storage.register_tensorboard_writer()  # events in a bucket too
       self._tb = SummaryWriter(str(workdir / "tensorboard"))
 
   def write(self, step: int, values: dict):
     if not self.enabled:
       return
-    self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
-    self._jsonl.flush()
+    storage.append_text(self._jsonl, json.dumps({"step": step, **values}) + "\n")
     for name, value in values.items():
       self._tb.add_scalar(f"train/{name}", value, step)
     self._tb.flush()
 
   def close(self):
     if self.enabled:
-      self._jsonl.close()
       self._tb.close()
 
 
