@@ -163,7 +163,7 @@ def _read_lpips(config: ml_collections.ConfigDict):
       "`python -m jaxdiff.convert lpips VGG16.pth LINEAR.pth DST.safetensors` and pass "
       "--config.lpips.path=DST.safetensors."
     )
-  return metrics.load_lpips(pathlib.Path(config.lpips.path).expanduser())
+  return metrics.load_lpips(config.lpips.path)  # a local file (~ expanded) or a bucket URL
 
 
 def _calibration_images(config: ml_collections.ConfigDict, count: int = 512) -> np.ndarray:

@@ -21,15 +21,15 @@ import dataclasses
 import hashlib
 import inspect
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import nnx
 
-from jaxdiff import models
+from jaxdiff import models, storage
 from jaxdiff.checkpoint import read_latest
 from jaxdiff.codecs.base import Codec, CodecShape
 from jaxdiff.convert.converted import CONFIG_FILE, load_converted
@@ -50,11 +50,13 @@ class Dimensions:
   latent_channels: int
 
 
-def _folder(path) -> tuple[pathlib.Path, str]:
+def _folder(path) -> tuple[epath.Path, str]:
   """(folder, 'converted' or 'workdir') of `path`; ValueError, one sentence, for anything else.
   A workdir is its config.json here: `load_autoencoder` needs its checkpoints/ too."""
-  folder = pathlib.Path(path).expanduser()
-  if not str(path) or not folder.is_dir():
+  if not str(path):
+    raise ValueError(f"autoencoder.path {str(path)!r} is not a folder: {HINT}.")
+  folder = storage.path(path, what="autoencoder.path")  # a local folder or a bucket URL
+  if not folder.is_dir():
     raise ValueError(f"autoencoder.path {str(path)!r} is not a folder: {HINT}.")
   if (folder / CONFIG_FILE).is_file():
     return folder, "converted"
@@ -112,7 +114,7 @@ def read_dimensions(path) -> tuple[Dimensions, str]:
   return Dimensions(in_channels, 2 ** (len(channels) - 1), latent), str(file)
 
 
-def _workdir_config(folder: pathlib.Path) -> ml_collections.ConfigDict:
+def _workdir_config(folder: epath.Path) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(json.loads((folder / "config.json").read_text()))
   network = models.ARCHITECTURES.get(config.model.arch)
   if network is None or network.module is not AutoencoderKL:
@@ -121,7 +123,7 @@ def _workdir_config(folder: pathlib.Path) -> ml_collections.ConfigDict:
   return config
 
 
-def _from_workdir(folder: pathlib.Path) -> AutoencoderKL:
+def _from_workdir(folder: epath.Path) -> AutoencoderKL:
   config = _workdir_config(folder)
   spec = models.NetworkSpec(in_channels=config.data.channels, image_size=config.data.image_size)
   model = models.abstract(config.model, spec)

@@ -20,9 +20,11 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+import safetensors.numpy
 from flax import nnx
 from safetensors import SafetensorError
-from safetensors.numpy import load_file
+
+from jaxdiff import storage
 
 INPUT_SIZE = 299
 FEATURES = 2048
@@ -339,13 +341,14 @@ def check_inception_tensors(tensors: Mapping[str, np.ndarray]) -> dict[str, np.n
 def load_inception(path: str | os.PathLike) -> InceptionV3:
   """The FID InceptionV3 from a safetensors file with pytorch-fid's state-dict names, e.g. the one
   `python -m jaxdiff.convert pytorch-fid-inception` writes from pt_inception-2015-12-05-6726825d.pth."""
-  if not os.path.isfile(path):
+  file = storage.path(path, what="eval.inception_weights")  # a local file or a bucket URL
+  if not file.is_file():
     raise ValueError(
       f"{path} does not exist: convert pytorch-fid's pt_inception-2015-12-05-6726825d.pth with "
       "`python -m jaxdiff.convert pytorch-fid-inception SRC.pth DST.safetensors`."
     )
   try:
-    tensors = check_inception_tensors(load_file(path))
+    tensors = check_inception_tensors(safetensors.numpy.load(file.read_bytes()))
   except SafetensorError as e:
     raise ValueError(f"{path} is not a readable safetensors file ({e}).") from e
   model = abstract_inception()

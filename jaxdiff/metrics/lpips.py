@@ -24,9 +24,11 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import safetensors.numpy
 from flax import nnx
 from safetensors import SafetensorError
-from safetensors.numpy import load_file
+
+from jaxdiff import storage
 
 VGG16_WIDTHS = (64, 128, 256, 512, 512)
 # The indices in torchvision's `vgg16().features` of the 3x3 convs of each of the five stages; each
@@ -204,13 +206,14 @@ def load_lpips(path: str | os.PathLike) -> LPIPS:
   """LPIPS-VGG16 from a safetensors file of torchvision's and lpips' state-dict names, e.g. the one
   `python -m jaxdiff.convert lpips vgg16-397923af.pth vgg.pth DST.safetensors` writes; the widths
   are read from the tensor shapes."""
-  if not os.path.isfile(path):
+  file = storage.path(path, what="lpips.path")  # a local file or a bucket URL
+  if not file.is_file():
     raise ValueError(
       f"{path} does not exist: convert torchvision's vgg16-397923af.pth and lpips' "
       "weights/v0.1/vgg.pth with `python -m jaxdiff.convert lpips BACKBONE.pth LINEAR.pth DST`."
     )
   try:
-    tensors = load_file(path)
+    tensors = safetensors.numpy.load(file.read_bytes())
   except SafetensorError as e:
     raise ValueError(f"{path} is not a readable safetensors file ({e}).") from e
   return lpips_from_tensors(tensors)
