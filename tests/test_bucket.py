@@ -32,8 +32,10 @@ def bucket(tmp_path_factory):
 
 
 def test_a_run_in_a_bucket_resumes_after_sigkill_samples_and_evaluates(
-  bucket, data_dir, tmp_path
-):  # noqa: F811
+  bucket,
+  data_dir,  # noqa: F811
+  tmp_path,
+):
   straight = tmp_path / "straight"
   loop.train(tiny_config(data_dir), straight)
   env = bucket.environment(dict(os.environ))  # the straight run's devices: the same programs
@@ -86,7 +88,13 @@ def test_a_run_in_a_bucket_resumes_after_sigkill_samples_and_evaluates(
     ("gs://bucket/run", "gcsfs", "needs the package gcsfs: pip install gcsfs"),
   ],
 )
-def test_a_url_without_a_backend_ends_in_one_sentence(tmp_path, data_dir, workdir, blocked, message):  # noqa: F811
+def test_a_url_without_a_backend_ends_in_one_sentence(
+  tmp_path,
+  data_dir,  # noqa: F811
+  workdir,
+  blocked,
+  message,
+):
   # the CLI as installed, with the backend's package made unimportable when `blocked`
   block = f"sys.modules[{blocked!r}] = None; " if blocked else ""
   program = f"import runpy, sys; {block}runpy.run_module('jaxdiff.main', run_name='__main__')"

@@ -33,7 +33,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 def cd_config(data_dir, teacher, **overrides):  # noqa: F811
   """configs/digits_cd.py with the trainer tests' TINY sizes (the student of a TINY teacher)."""
-  config = config_lib.load_file(ROOT / "configs" / "digits_cd.py")
   wanted = {
     **TINY,
     "data.data_dir": str(data_dir),
@@ -45,13 +44,7 @@ def cd_config(data_dir, teacher, **overrides):  # noqa: F811
     "sample.num_steps": 2,
     **overrides,
   }
-  for key, value in wanted.items():
-    *path, last = key.split(".")
-    node = config
-    for part in path:
-      node = node[part]
-    node[last] = value
-  return config
+  return cluster.configured(ROOT / "configs" / "digits_cd.py", wanted)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import time
 
 import jax
 import numpy as np
-import pytest
 from cluster import every_mode, flags, run, same_as_one_process, start
 from test_train import TINY, data_dir, read_params  # noqa: F401 — a fixture
 

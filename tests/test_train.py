@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from cluster import configured
 
-from jaxdiff import config as config_lib
 from jaxdiff import data, generate, parallel
 from jaxdiff import run as run_lib
 from jaxdiff.checkpoint import Checkpointer, abstract
@@ -45,20 +45,10 @@ TINY = {
 }
 
 
-def digits_config():
-  return config_lib.load_file(ROOT / "configs" / "digits.py")
-
-
 def tiny_config(data_dir, **overrides):
   """configs/digits.py with TINY applied: the config the CLI builds from the same overrides."""
-  config = digits_config()
-  for key, value in {**TINY, "data.data_dir": str(data_dir), **overrides}.items():
-    node = config
-    *path, last = key.split(".")
-    for part in path:
-      node = node[part]
-    node[last] = value
-  return config
+  wanted = {**TINY, "data.data_dir": str(data_dir), **overrides}
+  return configured(ROOT / "configs" / "digits.py", wanted)
 
 
 def cli(workdir, data_dir, *extra, mode="train", **overrides):
