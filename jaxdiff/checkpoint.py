@@ -15,12 +15,13 @@ such a field existed restore unchanged.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+
+from jaxdiff import storage
 
 
 class CheckpointError(RuntimeError):
@@ -160,4 +161,4 @@ def abstract(tree):
 def _absolute(directory) -> epath.Path:
   """A local folder as an absolute path (Orbax's), a URL as it is."""
   directory = epath.Path(directory)
-  return directory if "://" in os.fspath(directory) else directory.absolute()
+  return directory if storage.is_url(directory) else directory.absolute()
