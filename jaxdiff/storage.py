@@ -10,9 +10,12 @@ events are written through epath too (`register_tensorboard_writer`).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import os
+import shutil
+import tempfile
 
 import numpy as np
 from etils import epath
@@ -63,10 +66,24 @@ def append_text(file: epath.Path, text: str) -> None:
 
 
 def write_bytes_whole(file: epath.Path, data: bytes) -> None:
-  """Writes `data` so that `file`, once it exists, is complete: to a temporary name, then moved."""
+  """Writes `data` so that `file`, once it exists, is complete: an object appears whole once
+  uploaded; a local file is written to a temporary name, then moved."""
+  if is_url(file):
+    file.write_bytes(data)
+    return
   tmp = file.parent / f"{file.name}.tmp"
   tmp.write_bytes(data)
   tmp.rename(file)
+
+
+def copy_file(src: epath.Path, dst: epath.Path) -> None:
+  """Copies `src` to `dst` (either may be a URL) in chunks, never whole in memory; `dst`, once it
+  exists, is complete (as in `write_bytes_whole`)."""
+  target = dst if is_url(dst) else dst.parent / f"{dst.name}.tmp"
+  with src.open("rb") as reader, target.open("wb") as writer:
+    shutil.copyfileobj(reader, writer, 16 << 20)
+  if target != dst:
+    target.rename(dst)
 
 
 def save_npz(file: epath.Path, **arrays) -> None:
@@ -79,6 +96,34 @@ def save_npz(file: epath.Path, **arrays) -> None:
 def load_npz(file: epath.Path) -> dict[str, np.ndarray]:
   with np.load(io.BytesIO(file.read_bytes())) as data:
     return {k: data[k] for k in data.files}
+
+
+def copy_folder(src: epath.Path, dst: epath.Path) -> None:
+  """Copies every file under folder `src` to the same place under `dst` (either may be a URL),
+  folder by folder: listing a bucket recursively would ask for every object at once."""
+  dst.mkdir(parents=True, exist_ok=True)
+  for item in src.iterdir():
+    if item.is_dir():
+      copy_folder(item, dst / item.name)
+    else:
+      copy_file(item, dst / item.name)
+
+
+@contextlib.contextmanager
+def local_folder(dst: epath.Path):
+  """A local folder to write what only local files can hold (array_record files, a TFDS build)
+  and that ends up at `dst`: `dst` itself when local; otherwise a temporary folder copied to the
+  URL `dst` when the block ends without an error, and deleted in any case."""
+  if not is_url(dst):
+    dst.mkdir(parents=True, exist_ok=True)
+    yield dst
+    return
+  staging = tempfile.mkdtemp(prefix="jaxdiff-staging-")
+  try:
+    yield epath.Path(staging)
+    copy_folder(epath.Path(staging), dst)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 class _ObjectRecords:

@@ -5,7 +5,8 @@ its own with only `lo` up (`unshare -n`); every command that talks to it enters 
 (`nsenter --net`), so no client can reach a metadata server or a real storage host, whatever it
 tries. The clients are pointed at the emulator with anonymous or fake credentials: gcsfs (epath's
 `gs://`) through STORAGE_EMULATOR_HOST, TensorStore (Orbax's arrays) through
-TENSORSTORE_GCS_HTTP_URL. The emulator keeps each object as a file under its data folder, so a
+TENSORSTORE_GCS_HTTP_URL, array_record's reader (google-cloud-cpp) through
+CLOUD_STORAGE_EMULATOR_ENDPOINT. The emulator keeps each object as a file under its data folder, so a
 test reads what a run wrote straight from there.
 """
 
@@ -39,6 +40,8 @@ class Bucket:
       **base,
       "STORAGE_EMULATOR_HOST": endpoint,  # gcsfs, google-cloud-storage
       "TENSORSTORE_GCS_HTTP_URL": endpoint,  # TensorStore, under Orbax
+      # google-cloud-cpp inside array_record's reader (TFDS and latent-cache records); anonymous
+      "CLOUD_STORAGE_EMULATOR_ENDPOINT": endpoint,
       "GOOGLE_AUTH_TOKEN_FOR_TESTING": "fake",  # TensorStore's credentials
       "FSSPEC_GCS_TOKEN": "anon",  # gcsfs's
       # gcsfs's bucket-type probe speaks gRPC to a control API the emulator lacks
