@@ -285,6 +285,12 @@ def setup(config: ml_collections.ConfigDict, workdir) -> Run:
   validate(config)
   enable_compilation_cache(config)
   workdir = storage.path(workdir, what="--workdir")
+  for what, value in (
+    ("data.data_dir", config.data.data_dir),
+    ("autoencoder.cache", config.autoencoder.cache),
+  ):
+    if value:
+      storage.path(value, what=what)  # a URL nobody serves: one sentence before anything is made
   teacher = None
   if objectives.OBJECTIVES[config.diffusion.loss].needs_teacher and not _has_checkpoints(workdir):
     teacher = read_teacher(config)

@@ -13,6 +13,7 @@ test reads what a run wrote straight from there.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import subprocess
 import sys
@@ -55,6 +56,21 @@ class Bucket:
   def command(self, args: list[str]) -> list[str]:
     """`args` run inside the emulator's network namespace (loopback only)."""
     return ["nsenter", f"--net=/proc/{self.process.pid}/ns/net", "--", *args]
+
+  def upload(self, folder: pathlib.Path, key: str) -> str:
+    """Copies local `folder` to the bucket under `key` (through jaxdiff.storage, from inside the
+    namespace); the URL."""
+    url = self.url(key)
+    program = (
+      "import sys; from jaxdiff import storage; "
+      "storage.copy_folder(storage.path(sys.argv[1]), storage.path(sys.argv[2]))"
+    )
+    subprocess.run(
+      self.command([sys.executable, "-c", program, str(folder), url]),
+      env=self.environment(dict(os.environ)),
+      check=True,
+    )
+    return url
 
   def stop(self) -> None:
     self.process.kill()

@@ -43,10 +43,16 @@ def command(args, *, port: int, process: int, processes: int = 2) -> list[str]:
   ]
 
 
-def start(args, *, processes: int = 2, devices: int = 4, log_dir=None) -> list[subprocess.Popen]:
+def start(
+  args, *, processes: int = 2, devices: int = 4, log_dir=None, bucket=None
+) -> list[subprocess.Popen]:
   """The processes of one job, started; their output goes to log_dir/process_I.log (or is
-  captured when log_dir is None)."""
+  captured when log_dir is None). With `bucket` (tests/bucket.py), they run in its loopback-only
+  network namespace with every storage client pointed at it."""
   port, env = free_port(), environment(devices)
+  wrap = lambda cmd: cmd
+  if bucket is not None:
+    env, wrap = bucket.environment(env), bucket.command
   procs = []
   for i in range(processes):
     if log_dir is None:
@@ -56,7 +62,7 @@ def start(args, *, processes: int = 2, devices: int = 4, log_dir=None) -> list[s
       out = open(os.path.join(log_dir, f"process_{i}.log"), "w")
     procs.append(
       subprocess.Popen(
-        command(args, port=port, process=i, processes=processes),
+        wrap(command(args, port=port, process=i, processes=processes)),
         env=env,
         stdout=out,
         stderr=subprocess.STDOUT,
@@ -66,10 +72,12 @@ def start(args, *, processes: int = 2, devices: int = 4, log_dir=None) -> list[s
   return procs
 
 
-def run(args, *, processes: int = 2, devices: int = 4, timeout: float = 600) -> list[str]:
+def run(
+  args, *, processes: int = 2, devices: int = 4, timeout: float = 600, bucket=None
+) -> list[str]:
   """Runs one job to its end; the processes' outputs. Fails the test, with every process's
   output, unless all of them exit 0."""
-  procs = start(args, processes=processes, devices=devices)
+  procs = start(args, processes=processes, devices=devices, bucket=bucket)
   outputs = []
   try:
     for proc in procs:
@@ -94,15 +102,18 @@ def flags(overrides: dict) -> list[str]:
   return out
 
 
-def every_mode(config_file, workdir, overrides: dict) -> tuple[pathlib.Path, dict]:
+def every_mode(config_file, workdir, overrides: dict, *, bucket=None) -> tuple[pathlib.Path, dict]:
   """Train (with its final grid), sample and eval on 2 processes × 4 devices, through the CLI;
-  (the samples' npz, eval's JSON line). Asserts the grid and one npz were written."""
-  args = [f"--config={config_file}", f"--workdir={workdir}", *flags(overrides)]
-  run(args)
+  (the samples' npz, eval's JSON line). Asserts the grid and one npz were written. With `bucket`,
+  `workdir` is a key in it, and the files are read where the emulator keeps them."""
+  url = workdir if bucket is None else bucket.url(workdir)
+  args = [f"--config={config_file}", f"--workdir={url}", *flags(overrides)]
+  workdir = workdir if bucket is None else bucket.local(workdir)
+  run(args, bucket=bucket)
   steps = overrides["train.num_steps"]
   assert (workdir / "samples" / f"grid_{steps}.png").is_file()
-  run([*args, "--mode=sample"])
-  outputs = run([*args, "--mode=eval"])
+  run([*args, "--mode=sample"], bucket=bucket)
+  outputs = run([*args, "--mode=eval"], bucket=bucket)
   (npz,) = workdir.glob("samples/*/samples_*.npz")
   result = json.loads(outputs[0].strip().splitlines()[-1])  # process 0 reports
   assert result["step"] == steps
@@ -134,15 +145,18 @@ def configured(config_file, overrides: dict):
   return config
 
 
-def same_as_one_process(config_file, overrides, workdir, tmp_path, npz, result, *, rtol=1e-6):
+def same_as_one_process(
+  config_file, overrides, workdir, tmp_path, npz, result, *, rtol=1e-6, here=None
+):
   """Sample and eval the 2-process run's checkpoint in this process (8 devices): the same
-  per-device programs on the same rows, so the same images and the same scores. `rtol` > 1e-6
+  per-device programs on the same rows, so the same images and the same scores. `here` replaces
+  overrides for this process (local copies of what the run read from a bucket). `rtol` > 1e-6
   for programs whose float32 reductions XLA:CPU may split over threads differently in a process
   of 8 devices than in one of 4 (a decoder's GroupNorm): images then differ by a rounding flip
   (one level) at a few pixels, and the scores by as little."""
   from jaxdiff import evaluation, sampling
 
-  config = configured(config_file, overrides)
+  config = configured(config_file, {**overrides, **(here or {})})
   alone = copy_of_checkpoints(workdir, tmp_path / "alone")
   one_images = np.load(sampling.sample(config, alone))["arr_0"].astype(np.int32)
   two_images = np.load(npz)["arr_0"].astype(np.int32)

@@ -31,3 +31,16 @@ def environment_of_one_device() -> dict:
 from jaxdiff import cpu  # noqa: E402
 
 cpu.apply_xla_flags()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def bucket(tmp_path_factory):
+  """One emulated GCS bucket for the session (tests/bucket.py); each test uses keys of its own."""
+  from bucket import start
+
+  served = start(tmp_path_factory.mktemp("emulator") / "data")
+  yield served
+  served.stop()

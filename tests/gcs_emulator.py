@@ -4,9 +4,13 @@ being the emulator's own command line.
 Real GCS answers a media download with the object's generation in `x-goog-generation` (and
 `x-goog-metageneration`); the emulator leaves them out, and TensorStore, which writes and reads
 Orbax's arrays, refuses a download without them ("Malformed StorageGeneration"). This adds them
-before the emulator builds its routes; nothing else of the emulator changes.
+before the emulator builds its routes. Real GCS also serves a suffix range (`Range: bytes=-N`, the
+last N bytes), with which array_record's reader (google-cloud-cpp) reads a file's footer first; the
+emulator knows only `bytes=A-B` and would answer with the whole object, so a suffix range is
+rewritten into that form. Nothing else of the emulator changes.
 """
 
+import re
 import sys
 
 from gcp_storage_emulator.exceptions import NotFound
@@ -23,6 +27,11 @@ def _download_with_generation(request, response, storage, *args, **kwargs):
   else:
     response["x-goog-generation"] = str(obj["generation"])
     response["x-goog-metageneration"] = str(obj["metageneration"])
+    headers = request._request_handler.headers  # noqa: SLF001 — the emulator's own request
+    suffix = re.fullmatch(r"\s*bytes=-(\d+)\s*", headers.get("range", ""))
+    if suffix:
+      size = int(obj["size"])
+      headers.replace_header("range", f"bytes={max(size - int(suffix.group(1)), 0)}-")
   return _download(request, response, storage, *args, **kwargs)
 
 

@@ -12,7 +12,6 @@ import time
 import jax
 import numpy as np
 import pytest
-from bucket import start
 from test_train import cli, data_dir, read_params, tiny_config  # noqa: F401 — a fixture
 
 from jaxdiff import sampling
@@ -21,14 +20,6 @@ from jaxdiff.train import loop
 
 # bits/dim from 2 random steps of 32 test digits, and 8 samples scored
 EVAL = {"eval.num_timesteps": 2, "eval.num_examples": 32, "eval.num_samples": 8}
-
-
-@pytest.fixture(scope="module")
-def bucket(tmp_path_factory):
-  folder = tmp_path_factory.mktemp("emulator")
-  served = start(folder / "data")
-  yield served
-  served.stop()
 
 
 def test_a_run_in_a_bucket_resumes_after_sigkill_samples_and_evaluates(

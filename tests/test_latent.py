@@ -179,15 +179,22 @@ def test_latent_run_trains_and_samples_decoded_images(
   assert len(np.unique(images)) > 2  # not a constant image
 
 
-def test_a_latent_run_in_every_mode_on_two_processes_equals_one(vae_workdir, data_dir, tmp_path):  # noqa: F811
-  # tiny_latent_config's sizes on every device of both processes, with a final grid and 10
-  # samples scored by the digits classifier (a latent run has no pixel bound)
+def test_a_latent_run_in_a_bucket_in_every_mode_on_two_processes_equals_one(
+  vae_workdir,
+  data_dir,  # noqa: F811
+  tmp_path,
+  bucket,
+):
+  # As a pod runs it: every path a URL (the workdir, the data, the autoencoder, its latent
+  # cache). tiny_latent_config's sizes on every device of both processes, with a final grid and
+  # 10 samples scored by the digits classifier (a latent run has no pixel bound).
   overrides = {
-    "data.data_dir": str(data_dir),
+    "data.data_dir": bucket.url("latent/tfds"),  # digits built locally and copied up
     "data.batch_size": 16,
     "model.base_channels": 32,
     "model.channel_mult": (1,),
-    "autoencoder.path": str(vae_workdir),
+    "autoencoder.path": bucket.upload(vae_workdir, "latent/vae"),
+    "autoencoder.cache": bucket.url("latent/cache"),
     "train.num_steps": 2,
     "train.steps_per_call": 2,
     "train.checkpoint_every": 2,
@@ -198,13 +205,20 @@ def test_a_latent_run_in_every_mode_on_two_processes_equals_one(vae_workdir, dat
     "eval.num_samples": 10,
   }
   config_file = ROOT / "configs" / "digits_latent.py"
-  npz, result = cluster.every_mode(config_file, tmp_path / "run", overrides)
+  npz, result = cluster.every_mode(config_file, "latent/run", overrides, bucket=bucket)
   assert np.load(npz)["arr_0"].shape == (10, 32, 32, 1)  # decoded
   # every process measured the same latent scale on the same 512 images
-  assert json.loads((tmp_path / "run" / "codec.json").read_text())["scale_factor"] > 0
+  workdir = bucket.local("latent/run")
+  assert json.loads((workdir / "codec.json").read_text())["scale_factor"] > 0
+  # each process encoded its half of the training split into the bucket's cache
+  manifest = json.loads(bucket.local("latent/cache/latents.json").read_text())
+  assert manifest["num_examples"] == 1527 and len(manifest["files"]) == 2
+  assert all(bucket.local(f"latent/cache/{name}").is_file() for name in manifest["files"])
+  here = {"data.data_dir": str(data_dir), "autoencoder.path": str(vae_workdir)}
   cluster.same_as_one_process(
-    config_file, overrides, tmp_path / "run", tmp_path, npz, result, rtol=1e-3
+    config_file, overrides, workdir, tmp_path, npz, result, rtol=1e-3, here=here
   )
+  assert not list(tmp_path.glob("gs:*")) and not list(ROOT.glob("gs:*"))
 
 
 def test_codec_from_a_converted_diffusers_vae_uses_its_scaling_factor(tmp_path, data_dir):  # noqa: F811

@@ -16,14 +16,15 @@ Stored unscaled, the moments serve any latent scale factor.
 from __future__ import annotations
 
 import json
-import pathlib
 from typing import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from etils import epath
 
+from jaxdiff import storage
 from jaxdiff.codecs.base import Codec
 from jaxdiff.data import latent_records
 
@@ -39,7 +40,7 @@ def _file_name(process: int, count: int) -> str:
   return f"latents-{process:05d}-of-{count:05d}.array_record"
 
 
-def _is_ours(path: pathlib.Path) -> bool:
+def _is_ours(path: epath.Path) -> bool:
   return path.name.startswith("latents-") and path.name.endswith(".array_record")
 
 
@@ -53,7 +54,7 @@ def key(codec: Codec, data: dict, *, flips: bool) -> dict:
   return {"format": FORMAT, "fingerprint": codec.info.get("fingerprint"), **data, "flips": flips}
 
 
-def read_manifest(folder: pathlib.Path, wanted: dict) -> dict | None:
+def read_manifest(folder: epath.Path, wanted: dict) -> dict | None:
   """The manifest of the complete cache in `folder` when it serves `wanted`; None when there is
   none yet (an empty folder, or one an interrupted encoding left); CacheError otherwise."""
   path = folder / MANIFEST
@@ -79,7 +80,7 @@ def read_manifest(folder: pathlib.Path, wanted: dict) -> dict | None:
 
 
 def encode_all(
-  codec: Codec, batches: Iterable[dict], path: pathlib.Path, *, flips: bool, batch_size: int
+  codec: Codec, batches: Iterable[dict], path: epath.Path, *, flips: bool, batch_size: int
 ) -> tuple[int, tuple[int, ...] | None]:
   """Encodes every image of `batches` ({'image', 'label'?} in file order) into the record file
   `path`; (examples written, record shape). Batches are padded to `batch_size`, so the encoder
@@ -112,7 +113,7 @@ def encode_all(
 
 
 def prepare(
-  folder: str | pathlib.Path,
+  folder: str | epath.Path,
   codec: Codec,
   *,
   data: dict,
@@ -122,17 +123,19 @@ def prepare(
 ) -> tuple[list[str], dict]:
   """The record files and manifest of the cache in `folder` for this codec and data, encoding it
   first if the folder has none. `images(shard, shards)` yields that process's part of the
-  training split in file order, every image once (no shuffle, flip or dropped remainder)."""
-  folder = pathlib.Path(folder).expanduser()
+  training split in file order, every image once (no shuffle, flip or dropped remainder).
+  `folder` may be a bucket URL: the records are read from there (array_record reads `gs://`)."""
+  folder = storage.path(folder, what="autoencoder.cache")
   wanted = key(codec, data, flips=flips)
   manifest = read_manifest(folder, wanted)
   if manifest is None:
     process, processes = jax.process_index(), jax.process_count()
-    folder.mkdir(parents=True, exist_ok=True)
     name = _file_name(process, processes)
-    count, shape = encode_all(
-      codec, images(process, processes), folder / name, flips=flips, batch_size=batch_size
-    )
+    # array_record files are written locally; into a bucket, each is copied up once complete
+    with storage.local_folder(folder) as out:
+      count, shape = encode_all(
+        codec, images(process, processes), out / name, flips=flips, batch_size=batch_size
+      )
     counts = _gather_counts(count)
     if shape is None or sum(counts) == 0:
       raise CacheError(f"the training split has no images to encode into {folder}.")
