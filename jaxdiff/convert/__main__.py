@@ -11,6 +11,9 @@ diffusers-unet; the module `load_converted(DST)` returns keeps the config's scal
 lpips takes two sources, `lpips BACKBONE LINEAR DST`: torchvision's vgg16-397923af.pth and the lpips
 package's weights/v0.1/vgg.pth (needs torch), written as one safetensors file readable with
 `jaxdiff.metrics.load_lpips(DST)`.
+Every source and DST may be a local path or a bucket URL (`gs://…`, needs gcsfs; through
+`jaxdiff.storage`); an existing DST that is not an empty folder (a file, for the .safetensors
+outputs) is refused before anything is read or written.
 """
 
 from __future__ import annotations
@@ -33,18 +36,18 @@ def main(argv: list[str] | None = None) -> int:
   commands = parser.add_subparsers(dest="command", required=True)
   unet = commands.add_parser("diffusers-unet", help="convert a diffusers UNet2DModel folder")
   unet.add_argument("src", help="folder with config.json and diffusion_pytorch_model.safetensors")
-  unet.add_argument("dst", help="new output folder")
+  unet.add_argument("dst", help="new output folder (a local path or a gs:// URL)")
   vae = commands.add_parser("diffusers-vae", help="convert a diffusers AutoencoderKL folder")
   vae.add_argument("src", help="folder with config.json and diffusion_pytorch_model.safetensors")
-  vae.add_argument("dst", help="new output folder")
+  vae.add_argument("dst", help="new output folder (a local path or a gs:// URL)")
   dit = commands.add_parser("diffusers-dit", help="convert a diffusers DiTTransformer2DModel dir")
   dit.add_argument("src", help="folder with config.json and diffusion_pytorch_model.safetensors")
-  dit.add_argument("dst", help="new output folder")
+  dit.add_argument("dst", help="new output folder (a local path or a gs:// URL)")
   original = commands.add_parser(
     "dit-checkpoint", help="convert a facebookresearch/DiT .pt checkpoint (needs torch)"
   )
   original.add_argument("src", help="e.g. DiT-XL-2-256x256.pt, or a checkpoint of its train.py")
-  original.add_argument("dst", help="new output folder")
+  original.add_argument("dst", help="new output folder (a local path or a gs:// URL)")
   original.add_argument(
     "--num-heads", type=int, help="attention heads (default: the DiT preset's of that width)"
   )
@@ -52,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     "pytorch-fid-inception", help="convert pytorch-fid's FID Inception weights (needs torch)"
   )
   inception.add_argument("src", help="pt_inception-2015-12-05-6726825d.pth")
-  inception.add_argument("dst", help="new .safetensors file")
+  inception.add_argument("dst", help="new .safetensors file (a local path or a gs:// URL)")
   lpips = commands.add_parser("lpips", help="convert LPIPS-VGG16's two weight files (needs torch)")
   lpips.add_argument("src", metavar="backbone", help="torchvision's vgg16-397923af.pth")
   lpips.add_argument("linear", help="the lpips package's lpips/weights/v0.1/vgg.pth")
-  lpips.add_argument("dst", help="new .safetensors file")
+  lpips.add_argument("dst", help="new .safetensors file (a local path or a gs:// URL)")
   args = parser.parse_args(argv)
   convert = {
     "diffusers-unet": convert_diffusers_unet,

@@ -4,6 +4,8 @@ DST/network_config.json holds the network table's name ("arch": "unet", "dit", â
 arguments of that network's module; DST/params is an Orbax checkpoint of its `nnx.Param` state.
 `load_converted` rebuilds the module through the network table, so a new network needs no change
 here. Folders written before there was more than one network have unet_config.json and no "arch".
+DST may be a local folder or a bucket URL (`gs://â€¦`, through `jaxdiff.storage`): Orbax writes the
+parameters there itself and the config file goes through etils.epath.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import os
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
+from jaxdiff import storage
 from jaxdiff.models import ARCHITECTURES
 from jaxdiff.models.table import abstract_module
 
@@ -24,10 +28,18 @@ LEGACY_CONFIG_FILE = "unet_config.json"  # always a U-Net
 PARAMS_DIR = "params"
 
 
-def new_output_folder(dst: str | os.PathLike) -> str:
-  """`dst` as an absolute path, or ValueError if it holds anything: conversions never overwrite."""
-  dst = os.path.abspath(dst)
-  if os.path.exists(dst) and (not os.path.isdir(dst) or os.listdir(dst)):
+def location(value: str | os.PathLike, what: str) -> epath.Path:
+  """`value` (a local path or a URL) as an epath.Path, absolute when local (Orbax wants that);
+  storage.StorageError, one sentence naming `what`, for a URL nothing can serve."""
+  path = storage.path(value, what=what)
+  return path if storage.is_url(path) else epath.Path(os.path.abspath(path))
+
+
+def new_output_folder(dst: str | os.PathLike) -> epath.Path:
+  """`dst` as an absolute path or a URL, or ValueError if it holds anything: conversions never
+  overwrite."""
+  dst = location(dst, "the destination")
+  if dst.exists() and (not dst.is_dir() or any(True for _ in dst.iterdir())):
     raise ValueError(
       f"{dst} already exists and is not an empty folder: choose a new output folder."
     )
@@ -39,26 +51,26 @@ def save_converted(dst: str | os.PathLike, arch: str, kwargs: dict, model: nnx.M
   dst = new_output_folder(dst)
   if arch not in ARCHITECTURES:
     raise ValueError(f"{arch!r} is not in the network table {list(ARCHITECTURES)}.")
-  os.makedirs(dst, exist_ok=True)
+  dst.mkdir(parents=True, exist_ok=True)
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.join(dst, PARAMS_DIR), nnx.state(model, nnx.Param))
-  # Written last: a folder with a config file holds a complete checkpoint.
-  with open(os.path.join(dst, CONFIG_FILE), "w") as f:
-    json.dump({"arch": arch, **kwargs}, f, indent=2)
+    checkpointer.save(dst / PARAMS_DIR, nnx.state(model, nnx.Param))
+  # Written last, and whole: a folder with a config file holds a complete checkpoint.
+  config = json.dumps({"arch": arch, **kwargs}, indent=2)
+  storage.write_bytes_whole(dst / CONFIG_FILE, config.encode())
 
 
 def load_converted(dst: str | os.PathLike, *, dtype=jnp.float32, dropout_key: int | jax.Array = 0):
-  """Rebuild the network a jaxdiff conversion (or `python -m jaxdiff.convert`) wrote to `dst`."""
-  dst = os.path.abspath(dst)
-  config_path = os.path.join(dst, CONFIG_FILE)
-  if not os.path.isfile(config_path):
-    config_path = os.path.join(dst, LEGACY_CONFIG_FILE)
-  if not os.path.isfile(config_path):
+  """Rebuild the network a jaxdiff conversion (or `python -m jaxdiff.convert`) wrote to `dst`, a
+  local folder or a URL."""
+  dst = location(dst, "the converted folder")
+  config_path = dst / CONFIG_FILE
+  if not config_path.is_file():
+    config_path = dst / LEGACY_CONFIG_FILE
+  if not config_path.is_file():
     raise ValueError(
-      f"{os.path.join(dst, CONFIG_FILE)} does not exist: pass a folder written by jaxdiff.convert."
+      f"{dst / CONFIG_FILE} does not exist: pass a folder written by jaxdiff.convert."
     )
-  with open(config_path) as f:
-    kwargs = json.load(f)
+  kwargs = json.loads(config_path.read_text())
   arch = kwargs.pop("arch", "unet")
   if arch not in ARCHITECTURES:
     raise ValueError(f"{config_path} names an unknown network {arch!r}.")
@@ -67,6 +79,6 @@ def load_converted(dst: str | os.PathLike, *, dtype=jnp.float32, dropout_key: in
     lambda rngs: module(**kwargs, dtype=dtype, rngs=rngs), dropout_key=dropout_key
   )
   with ocp.StandardCheckpointer() as checkpointer:
-    params = checkpointer.restore(os.path.join(dst, PARAMS_DIR), nnx.state(model, nnx.Param))
+    params = checkpointer.restore(dst / PARAMS_DIR, nnx.state(model, nnx.Param))
   nnx.update(model, params)
   return model

@@ -19,10 +19,11 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+import safetensors.numpy
 from flax import nnx
 from safetensors import SafetensorError
-from safetensors.numpy import load_file
 
+from jaxdiff import storage
 from jaxdiff.convert.converted import new_output_folder, save_converted
 from jaxdiff.models import UNet, abstract_unet
 
@@ -233,15 +234,18 @@ def assign_diffusers_weights(model: nnx.Module, tensors: Mapping[str, np.ndarray
 def read_diffusers_folder(
   path: str | os.PathLike, class_name: str, parse: Callable[[Mapping], dict]
 ) -> tuple[dict, dict[str, np.ndarray]]:
-  """(`parse(config.json)`, the state dict) of the diffusers `class_name` folder `path`. The config
-  is parsed first, so that one jaxdiff cannot build is refused before the weights are read."""
-  config_path, weights_path = os.path.join(path, CONFIG_FILE), os.path.join(path, WEIGHTS_FILE)
+  """(`parse(config.json)`, the state dict) of the diffusers `class_name` folder `path` (a local
+  folder or a URL). The config is parsed first, so that one jaxdiff cannot build is refused before
+  the weights are read."""
+  folder = storage.path(path, what="the source")
+  config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
   for file in (config_path, weights_path):
-    _require(os.path.isfile(file), f"{file} does not exist: pass a diffusers {class_name} folder.")
-  with open(config_path) as f:
-    kwargs = parse(json.load(f))
+    _require(file.is_file(), f"{file} does not exist: pass a diffusers {class_name} folder.")
+  kwargs = parse(json.loads(config_path.read_text()))
   try:
-    return kwargs, load_file(weights_path)
+    if storage.is_url(weights_path):  # read whole: safetensors opens local files only
+      return kwargs, safetensors.numpy.load(weights_path.read_bytes())
+    return kwargs, safetensors.numpy.load_file(os.fspath(weights_path))
   except SafetensorError as e:
     raise ValueError(f"{weights_path} is not a readable safetensors file ({e}).") from e
 

@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from jaxdiff.convert.converted import new_output_folder, save_converted
-from jaxdiff.convert.torch_files import import_torch
+from jaxdiff.convert.torch_files import existing_file, import_torch, torch_load
 from jaxdiff.models.dit import DIT_PRESETS, DiT
 from jaxdiff.models.table import abstract_module
 
@@ -146,14 +146,13 @@ def dit_from_state_dict(tensors: Mapping[str, np.ndarray], **overrides) -> DiT:
 def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """The float32 numpy state dict in a facebookresearch/DiT `.pt` file: a bare state dict (the
   released DiT-XL-2-*.pt) or train.py's checkpoint, whose "ema" weights are taken (as the original's
-  sample.py does), else its "model"."""
-  if not os.path.isfile(path):
-    raise ValueError(f"{path} does not exist: pass a facebookresearch/DiT .pt checkpoint.")
+  sample.py does), else its "model". `path` may be a local path or a URL."""
+  file = existing_file(path, "a facebookresearch/DiT .pt checkpoint")
   torch = import_torch(".pt")
   try:
     # weights_only: no pickled code is ever run; train.py's checkpoints also hold its argparse args
     with torch.serialization.safe_globals([argparse.Namespace]):
-      checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+      checkpoint = torch_load(torch, file, weights_only=True)
   except Exception as e:  # any failure to unpickle means "not a checkpoint"
     raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}).") from e
   if isinstance(checkpoint, Mapping):

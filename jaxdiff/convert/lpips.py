@@ -13,9 +13,12 @@ from __future__ import annotations
 import os
 import re
 
-from safetensors.numpy import save_file
-
-from jaxdiff.convert.torch_files import import_torch, read_state_dict
+from jaxdiff.convert.torch_files import (
+  import_torch,
+  new_output_file,
+  read_state_dict,
+  write_safetensors,
+)
 from jaxdiff.metrics.lpips import check_lpips_tensors
 
 BACKBONE = "torchvision's VGG16 state dict (vgg16-397923af.pth)"
@@ -27,10 +30,10 @@ def convert_lpips(
   backbone: str | os.PathLike, linear: str | os.PathLike, dst: str | os.PathLike
 ) -> None:
   """Read torchvision's VGG16 state dict `backbone` and lpips' `linear` (both .pth), keep the conv
-  stack's and lin layers' tensors, check them and write them to `dst` (.safetensors)."""
+  stack's and lin layers' tensors, check them and write them to `dst` (.safetensors). Each may be
+  a local path or a URL."""
   torch = import_torch()
-  if os.path.exists(dst):
-    raise ValueError(f"{dst} already exists: choose a new output file.")
+  out = new_output_file(dst)
   state = read_state_dict(torch, backbone, BACKBONE)
   features = {k: v for k, v in state.items() if k.startswith("features.")}
   if not features:
@@ -40,4 +43,4 @@ def convert_lpips(
     raise ValueError(f"{linear} holds no lin*.model.1.weight tensors: pass {LINEAR} second.")
   tensors = {**features, **lins}
   check_lpips_tensors(tensors)
-  save_file(tensors, dst)
+  write_safetensors(tensors, out)

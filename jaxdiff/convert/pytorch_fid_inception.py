@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import os
 
-from safetensors.numpy import save_file
-
-from jaxdiff.convert.torch_files import import_torch, read_state_dict
+from jaxdiff.convert.torch_files import (
+  import_torch,
+  new_output_file,
+  read_state_dict,
+  write_safetensors,
+)
 from jaxdiff.metrics.inception import check_inception_tensors
 
 
 def convert_pytorch_fid_inception(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-  """Read pytorch-fid's state dict `src` (.pth), check it, and write it to `dst` (.safetensors)."""
+  """Read pytorch-fid's state dict `src` (.pth), check it, and write it to `dst`
+  (.safetensors); either may be a local path or a URL."""
   torch = import_torch()
-  if os.path.exists(dst):
-    raise ValueError(f"{dst} already exists: choose a new output file.")
+  out = new_output_file(dst)
   tensors = read_state_dict(torch, src, "pytorch-fid's pt_inception-2015-12-05-*.pth")
-  save_file(check_inception_tensors(tensors), dst)
+  write_safetensors(check_inception_tensors(tensors), out)
