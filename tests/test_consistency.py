@@ -464,12 +464,18 @@ def test_ict_is_its_own_target():
   assert int(metrics["num_scales"]) == 10 * 2 ** (500 // 125) + 1  # 161
 
 
-def test_a_distillation_in_every_mode_on_two_processes_equals_one(teacher, data_dir, tmp_path):  # noqa: F811
-  # cd_config's sizes on every device of both processes; the teacher is read by each process
+def test_a_distillation_in_a_bucket_in_every_mode_on_two_processes_equals_one(
+  teacher,
+  data_dir,  # noqa: F811
+  tmp_path,
+  bucket,
+):
+  # cd_config's sizes on every device of both processes; the teacher, a workdir in the bucket
+  # as the student's own, is read by each process
   overrides = {
     **{k: v for k, v in TINY.items() if k != "train.num_devices"},
     "data.data_dir": str(data_dir),
-    "teacher.workdir": str(teacher),
+    "teacher.workdir": bucket.upload(teacher, "cd/teacher"),
     "train.num_steps": 2,
     "train.steps_per_call": 1,
     "train.checkpoint_every": 2,
@@ -479,6 +485,7 @@ def test_a_distillation_in_every_mode_on_two_processes_equals_one(teacher, data_
     "eval.num_samples": 8,
   }
   config_file = ROOT / "configs" / "digits_cd.py"
-  npz, result = cluster.every_mode(config_file, tmp_path / "run", overrides)
+  npz, result = cluster.every_mode(config_file, "cd/run", overrides, bucket=bucket)
   assert np.load(npz)["arr_0"].shape == (8, 16, 16, 1) and result["eval_samples"] == 8
-  cluster.same_as_one_process(config_file, overrides, tmp_path / "run", tmp_path, npz, result)
+  workdir, here = bucket.local("cd/run"), {"teacher.workdir": str(teacher)}
+  cluster.same_as_one_process(config_file, overrides, workdir, tmp_path, npz, result, here=here)

@@ -1,6 +1,6 @@
 """Every mode of `python -m jaxdiff.main` on 2 processes × 4 CPU devices, as BUILD.md's cluster
 command runs it: train with its grids, sample, eval and describe, equal to 1 process × 8 devices
-where the maths says so; preemption notices that every process agrees on."""
+where the maths says so; preemption notices that every process agrees on, with the workdir in a bucket as on a pod."""
 
 import json
 import pathlib
@@ -59,13 +59,17 @@ LONG = {
 }
 
 
-def _train_until_signalled(workdir, data_dir, signalled):  # noqa: F811
-  """Starts 2 processes on LONG, sends SIGTERM to processes `signalled` (twice to the first: a
-  second notice while saving changes nothing) once both are stepping; the agreed step."""
-  args = [f"--config={ROOT / 'configs' / 'digits.py'}", f"--workdir={workdir}"]
+def _train_until_signalled(bucket, data_dir, signalled):  # noqa: F811
+  """Starts 2 processes on LONG with the workdir in `bucket`, sends SIGTERM to processes
+  `signalled` (twice to the first: a second notice while saving changes nothing) once both are
+  stepping; the checkpoints' steps."""
+  args = [f"--config={ROOT / 'configs' / 'digits.py'}", f"--workdir={bucket.url('term/run')}"]
   procs = start(
-    [*args, *flags({**LONG, "data.data_dir": str(data_dir)})], log_dir=workdir.parent / "logs"
+    [*args, *flags({**LONG, "data.data_dir": str(data_dir)})],
+    log_dir=bucket.objects.parent / "term-logs",
+    bucket=bucket,
   )
+  workdir = bucket.local("term/run")
   metrics = workdir / "metrics.jsonl"
   first = len(metrics.read_text().splitlines()) if metrics.exists() else 0
   deadline = time.time() + 300
@@ -80,23 +84,30 @@ def _train_until_signalled(workdir, data_dir, signalled):  # noqa: F811
   assert time.time() - sent < 60, "a process took more than 60 s to stop"
   assert codes == [loop.PREEMPTED_EXIT_CODE] * 2, codes
   steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  # each saved step is complete (a bucket has no rename: Orbax marks it so)
+  assert all((workdir / "checkpoints" / str(s) / "commit_success.txt").exists() for s in steps)
   logged = json.loads(metrics.read_text().splitlines()[-1])
   assert logged["step"] == steps[-1]  # metrics flushed at the agreed step
   return steps
 
 
-def test_a_sigterm_to_one_or_both_processes_saves_at_one_agreed_step(tmp_path, data_dir):  # noqa: F811
-  workdir = tmp_path / "run"
+def test_a_sigterm_to_one_or_both_processes_in_a_bucket_saves_at_one_agreed_step(
+  tmp_path,
+  data_dir,  # noqa: F811
+  bucket,
+):
+  # As a preempted pod slice: the workdir in a bucket, every process told or only one.
   # SIGTERM to process 1 only: both save at the step the preemption sync point names, and stop
-  (first,) = _train_until_signalled(workdir, data_dir, [1])
+  (first,) = _train_until_signalled(bucket, data_dir, [1])
   assert 0 < first < LONG["train.num_steps"]
-  # resumed, then SIGTERM to both
-  steps = _train_until_signalled(workdir, data_dir, [0, 1])
+  # resumed from the bucket, then SIGTERM to both
+  steps = _train_until_signalled(bucket, data_dir, [0, 1])
   assert steps[0] == first and first < steps[-1] < LONG["train.num_steps"]
-  # the restart to 2 steps past it ends where an uninterrupted run of as many steps ends
+  # the restart to 2 steps past it ends where an uninterrupted (local) run of as many steps ends
   final = {**LONG, "data.data_dir": str(data_dir), "train.num_steps": steps[-1] + 2}
   args = [f"--config={ROOT / 'configs' / 'digits.py'}", *flags(final)]
-  run([*args, f"--workdir={workdir}"])
+  run([*args, f"--workdir={bucket.url('term/run')}"], bucket=bucket)
   run([*args, f"--workdir={tmp_path / 'straight'}"])
-  a, b = read_params(workdir, steps[-1] + 2), read_params(tmp_path / "straight", steps[-1] + 2)
+  end = steps[-1] + 2
+  a, b = read_params(bucket.local("term/run"), end), read_params(tmp_path / "straight", end)
   jax.tree.map(np.testing.assert_array_equal, a, b)
