@@ -1,6 +1,7 @@
 """Every mode of `python -m jaxdiff.main` on 2 processes × 4 CPU devices, as BUILD.md's cluster
 command runs it: train with its grids, sample, eval and describe, equal to 1 process × 8 devices
-where the maths says so; preemption notices that every process agrees on, with the workdir in a bucket as on a pod."""
+where the maths says so; preemption notices that every process agrees on, with the workdir in a
+bucket as on a pod."""
 
 import json
 import pathlib
