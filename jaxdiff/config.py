@@ -14,7 +14,7 @@ import typing
 
 import ml_collections
 
-from jaxdiff import codecs, models, objectives, preconditioning, samplers, schedules
+from jaxdiff import codecs, data, models, objectives, preconditioning, samplers, schedules
 from jaxdiff.state import COMPUTE_DTYPES
 
 
@@ -83,6 +83,12 @@ def default_config(arch: str = "unet") -> ml_collections.ConfigDict:
   v.perceptual_weight = 0.0
   v.discriminator_weight = 0.0
   v.discriminator_start = 0
+
+  # the GAN objective (diffusion.loss='gan', model.arch='gan'; objectives/gan.py)
+  c.gan = g = ml_collections.ConfigDict()
+  g.loss = "non_saturating"  # or 'hinge'
+  g.r1_gamma = 1.0  # γ of the R1 penalty γ/2·E‖∇_x D(x)‖² on real data (Mescheder et al. 2018)
+  g.discriminator_lr_ratio = 1.0  # the discriminator's learning rate / optim.learning_rate
 
   # the LPIPS network (Zhang et al. 2018) of vae.perceptual_weight and consistency.distance='lpips':
   # a file of `python -m jaxdiff.convert lpips VGG16.pth LINEAR.pth DST.safetensors`; none bundled
@@ -187,7 +193,8 @@ def default_config(arch: str = "unet") -> ml_collections.ConfigDict:
   # sample quality of this many EMA samples (drawn with the sample.* settings); 0 skips it
   e.num_samples = 0
   # FID/IS/precision-recall need the FID Inception as safetensors (README: Sample quality);
-  # without it only the digits dataset is scored, by a small digits classifier
+  # without it only digits (a digits classifier's Fréchet distance) and stacked_digits (modes
+  # covered of 1000 and KL to uniform, by that classifier per channel) are scored
   e.inception_weights = ""
   # a guided-diffusion reference batch npz (arr_0) to compare with; '' = the training split,
   # whose statistics are cached in <workdir>/reference_stats/
@@ -228,6 +235,10 @@ def choices() -> dict[str, tuple]:
   }
 
 
+def _plain(value):
+  return tuple(value) if isinstance(value, list) else value
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Rejects values no part of jaxdiff accepts, before any work starts (one ValueError)."""
   for key, allowed in choices().items():
@@ -235,6 +246,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     value = config[section][name]
     if value not in allowed:
       raise ValueError(f"{key} must be one of {list(allowed)}, got {value!r}.")
+  _check_built_dataset(config)
   models.table.typed_config(config.model)  # model.arch's keys, checked by its config dataclass
   network, objective = (
     models.architecture(config.model.arch),
@@ -259,6 +271,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f"{config.diffusion.prediction!r}; use diffusion.loss in {able} or diffusion.prediction in "
       f"{list(objective.predictions)}."
     )
+  if not network.denoiser:
+    # a network that samples by itself runs no sampler: a sampler option would be ignored
+    defaults = default_config().sample
+    for key in ("sampler", *samplers.OPTIONS):
+      if _plain(config.sample[key]) != _plain(defaults[key]):
+        raise ValueError(
+          f"sample.{key}={config.sample[key]!r} has no effect on model.arch="
+          f"{config.model.arch!r}, which draws its samples without a sampler; leave sample."
+          f"{key} at its default ({defaults[key]!r})."
+        )
   samplers.table.check_prediction(config.sample.sampler, config.diffusion.prediction)
   samplers.table.check_options(config.sample.sampler, config.sample)
   positive = (
@@ -308,4 +330,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.diffusion.loss_history_size < 1:
     raise ValueError(
       f"diffusion.loss_history_size must be at least 1, got {config.diffusion.loss_history_size}."
+    )
+
+
+def _check_built_dataset(config: ml_collections.ConfigDict) -> None:
+  """A dataset jaxdiff builds (data.BUILT_DATASETS) has a known channel count and label count:
+  a config that disagrees would train on images its network was not built for, or look labels up
+  past the end of its label table."""
+  d = config.data
+  built = data.BUILT_DATASETS.get(d.name)
+  if built is None:
+    return
+  if d.channels != built.channels:
+    raise ValueError(
+      f"data.name={d.name!r} has {built.channels} channels but data.channels={d.channels}; set "
+      f"--config.data.channels={built.channels}."
+    )
+  if config.model.class_conditional and d.num_classes != built.num_classes:
+    raise ValueError(
+      f"data.name={d.name!r} has {built.num_classes} classes but data.num_classes={d.num_classes} "
+      f"with model.class_conditional=True; set --config.data.num_classes={built.num_classes}."
     )

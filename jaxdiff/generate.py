@@ -79,7 +79,7 @@ def make_sample_fn(
     if not arch.denoiser:  # a network that samples by itself (the autoencoder's prior)
       model = model_def.bind(params)
       model.eval()
-      return arch.generate(model, key, batch_size, config.data.image_size)
+      return arch.generate(model, key, batch_size, config.data.image_size, labels)
     # bound afresh at each call: the sampler calls it inside its scan (remat'ed blocks need that)
     network = model_def.inference_fn(params)
     if labels is None:

@@ -148,7 +148,7 @@ def build(config: ml_collections.ConfigDict, *, teacher=None) -> Components:
       )
     lpips = _read_lpips(config)
   objective = objectives.build(config, schedule, teacher=teacher, lpips=lpips)
-  tx = state_lib.make_optimizer(config)
+  tx = state_lib.make_optimizer(config, objective.update_scales)
   model_def, state = state_lib.create(
     config, tx, spec, init_extra=objective.init_extra, init_params=objective.init_params
   )
@@ -339,8 +339,7 @@ def make_dataset(
 ):
   """The config's dataset; training's batch size and flips unless given."""
   d = config.data
-  if d.name == "digits":
-    data.ensure_digits_prepared(d.data_dir)
+  data.prepare_if_built(d.name, d.data_dir)  # jaxdiff's own datasets: built on first use
   return data.make_dataset(
     name=d.name,
     split=split,

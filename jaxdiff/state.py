@@ -78,14 +78,35 @@ def lr_schedule(config: ml_collections.ConfigDict) -> optax.Schedule:
   )
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """AdamW after global-norm clipping (when optim.grad_clip_norm is set)."""
+def make_optimizer(
+  config: ml_collections.ConfigDict, update_scales: dict[str, float] | None = None
+) -> optax.GradientTransformation:
+  """AdamW after global-norm clipping (when optim.grad_clip_norm is set); with `update_scales`
+  ({top-level submodule: factor}, an objective's), those submodules' updates scaled after it."""
   o = config.optim
   parts = [optax.clip_by_global_norm(o.grad_clip_norm)] if o.grad_clip_norm else []
   parts.append(
     optax.adamw(lr_schedule(config), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay)
   )
+  if update_scales:
+    parts.append(scale_submodules(update_scales))
   return optax.chain(*parts)
+
+
+def scale_submodules(scales: dict[str, float]) -> optax.GradientTransformation:
+  """Multiplies the updates of each top-level submodule named in `scales` by its factor (no
+  state): after AdamW, that submodule trains at learning rate × factor."""
+
+  def factor(path) -> float:
+    first = path[0]
+    return scales.get(getattr(first, "key", getattr(first, "name", None)), 1.0)
+
+  def update(updates, state, params=None):
+    del params
+    scaled = jax.tree_util.tree_map_with_path(lambda path, u: u * factor(path), updates)
+    return scaled, state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def create(

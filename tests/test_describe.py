@@ -138,6 +138,7 @@ def test_cli_describes_dit_xl2_from_an_override(tmp_path):
 
       def get_config():
         c = default_config(arch="dit")
+        c.data.name = "imagenet2012"  # DiT-XL/2's 32×32×4 space, described as if it were data
         c.data.image_size, c.data.channels, c.data.num_classes = 32, 4, 1000
         c.model.class_conditional = c.model.learn_sigma = True
         return c

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from typing import TypeVar
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -29,6 +30,7 @@ NUM_EXAMPLES = 1797
 NUM_TEST = 270
 SPLIT_SEED = 0
 IMAGE_SHAPE = (16, 16, 1)
+B = TypeVar("B", bound=tfds.core.DatasetBuilder)
 _CITATION = """@misc{alpaydin1998optdigits,
   author = {Alpaydin, E. and Kaynak, C.},
   title = {Optical Recognition of Handwritten Digits},
@@ -104,36 +106,43 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
 
 def ensure_digits_prepared(data_dir: str | None = None) -> Digits:
-  """Builds `digits` as array_record into `data_dir` (TFDS default dir if None) unless present.
+  """Builds `digits` as array_record into `data_dir` (TFDS default dir if None) unless present."""
+  return ensure_prepared(Digits, data_dir)
+
+
+def ensure_prepared(builder_class: type[B], data_dir: str | None = None) -> B:
+  """Builds one of jaxdiff's own TFDS datasets (`digits`, `stacked_digits`: offline, seconds) as
+  array_record into `data_dir` (TFDS default dir if None) unless it is there already.
 
   Into a bucket URL it is built in a local folder and copied up, as array_record files are
   written to local files only: the records first, the two JSON files that make TFDS see a
   prepared dataset last, so a reader never takes a half-copied folder for the dataset."""
   # Quiet: on a fresh dir tfds warns that it has no dataset_info.json yet, and draws nested
-  # progress bars for a one-second build; one line of ours says what happens instead.
+  # progress bars for a seconds-long build; one line of ours says what happens instead.
   with quiet_tfds_build():
-    builder = Digits(data_dir=data_dir, file_format="array_record")
+    builder = builder_class(data_dir=data_dir, file_format="array_record")
     if builder.is_prepared():
       return builder
-    print(f"Preparing the digits dataset in {builder.data_dir} (first use only).", flush=True)
+    name = builder_class.name
+    print(f"Preparing the {name} dataset in {builder.data_dir} (first use only).", flush=True)
     if data_dir is None or not storage.is_url(data_dir):
-      return _build(data_dir)
-    staging = tempfile.mkdtemp(prefix="jaxdiff-digits-")
+      return _build(builder_class, data_dir)
+    staging = tempfile.mkdtemp(prefix=f"jaxdiff-{name}-")
     try:
-      built = _build(staging).data_path
+      built = _build(builder_class, staging).data_path
       files = sorted(built.iterdir(), key=lambda f: (f.suffix == ".json", f.name == _INFO))
       for file in files:
         storage.copy_file(file, builder.data_path / file.name)
     finally:
       shutil.rmtree(staging, ignore_errors=True)
-  return Digits(data_dir=data_dir, file_format="array_record")
+  return builder_class(data_dir=data_dir, file_format="array_record")
 
 
 _INFO = "dataset_info.json"
 
 
-def _build(data_dir: str | None) -> Digits:
-  builder = Digits(data_dir=data_dir, file_format="array_record")
+def _build(builder_class: type[B], data_dir: str | None) -> B:
+  builder = builder_class(data_dir=data_dir, file_format="array_record")
   try:
     builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(try_download_gcs=False)
@@ -141,7 +150,7 @@ def _build(data_dir: str | None) -> Digits:
   except FileExistsError:
     # Another process (a second run, a parallel test) finished building the same version
     # first, and tfds will not rename its own copy over it: theirs is the same data.
-    builder = Digits(data_dir=data_dir, file_format="array_record")
+    builder = builder_class(data_dir=data_dir, file_format="array_record")
     if not builder.is_prepared():
       raise
   return builder

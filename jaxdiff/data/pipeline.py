@@ -10,7 +10,9 @@ per process).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -19,7 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from jaxdiff.data.digits import Digits, ensure_digits_prepared
+from jaxdiff.data import digits, stacked_digits
 from jaxdiff.data.tfds_noise import drop_opencv_notice
 
 # Images are decoded with PIL by choice (no OpenCV dependency); tfds warns about it on the first
@@ -31,10 +33,35 @@ class DatasetNotPreparedError(ValueError):
   """A TFDS dataset is not in the data dir in a random-access (array_record) format."""
 
 
+@dataclasses.dataclass(frozen=True)
+class BuiltDataset:
+  """A TFDS dataset jaxdiff builds itself, offline and in seconds, the first time it is read."""
+
+  prepare: Callable[[str | None], tfds.core.DatasetBuilder]  # (data_dir) → the prepared builder
+  channels: int
+  num_classes: int
+
+
+BUILT_DATASETS = {
+  digits.Digits.name: BuiltDataset(digits.ensure_digits_prepared, digits.IMAGE_SHAPE[-1], 10),
+  stacked_digits.StackedDigits.name: BuiltDataset(
+    stacked_digits.ensure_stacked_digits_prepared,
+    stacked_digits.IMAGE_SHAPE[-1],
+    stacked_digits.NUM_MODES,
+  ),
+}
+
+
+def prepare_if_built(name: str, data_dir: str | None = None) -> None:
+  """Builds `name` into `data_dir` unless it is there, if it is one of BUILT_DATASETS."""
+  built = BUILT_DATASETS.get(name)
+  if built is not None:
+    built.prepare(data_dir)
+
+
 def open_source(name: str, split: str, data_dir: str | None = None):
-  """`tfds.data_source` that never downloads; `digits` is built on first use."""
-  if name == Digits.name:
-    ensure_digits_prepared(data_dir)
+  """`tfds.data_source` that never downloads; BUILT_DATASETS are built on first use."""
+  prepare_if_built(name, data_dir)
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except (NotImplementedError, KeyError) as error:

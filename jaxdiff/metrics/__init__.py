@@ -1,4 +1,5 @@
-"""Sample-quality metrics on the FID Inception network: FID, Inception Score, precision/recall.
+"""Sample-quality metrics on the FID Inception network: FID, Inception Score, precision/recall;
+and the mode count of stacked digits (modes.py).
 
 Typical use, with weights converted once by `python -m jaxdiff.convert pytorch-fid-inception`:
 
@@ -25,12 +26,14 @@ from jaxdiff.metrics.fid import (
 from jaxdiff.metrics.inception import InceptionV3, images_from_uint8, load_inception, preprocess
 from jaxdiff.metrics.inception_score import inception_score
 from jaxdiff.metrics.lpips import LPIPS, load_lpips
+from jaxdiff.metrics.modes import ModeCounter, kl_to_uniform, mode_statistics
 from jaxdiff.metrics.precision_recall import knn_radii, manifold_coverage, precision_recall
 
 __all__ = [
   "LPIPS",
   "FIDStatistics",
   "InceptionV3",
+  "ModeCounter",
   "ReferenceBatch",
   "ReferenceStatistics",
   "feature_statistics",
@@ -39,10 +42,12 @@ __all__ = [
   "images_from_uint8",
   "inception_features",
   "inception_score",
+  "kl_to_uniform",
   "knn_radii",
   "load_inception",
   "load_lpips",
   "manifold_coverage",
+  "mode_statistics",
   "precision_recall",
   "preprocess",
   "read_reference_batch",

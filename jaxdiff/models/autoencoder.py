@@ -296,9 +296,13 @@ class AutoencoderKL(nnx.Module):
     return self.decode(z), mean, logvar
 
 
-def generate_from_prior(model: AutoencoderKL, key: jax.Array, batch_size: int, image_size: int):
+def generate_from_prior(
+  model: AutoencoderKL, key: jax.Array, batch_size: int, image_size: int, labels=None
+):
   """The VAE's own samples: decode(z) for z ~ N(0, I), the prior the KL term pulls toward; images
-  (batch_size, image_size, image_size, C) in [-1, 1] (clipped, as pixel samplers clip)."""
+  (batch_size, image_size, image_size, C) in [-1, 1] (clipped, as pixel samplers clip). An
+  autoencoder is unconditional: `labels` is always None."""
+  del labels
   size = image_size // model.downsampling_factor
   z = jax.random.normal(key, (batch_size, size, size, model.latent_channels), jnp.float32)
   return jnp.clip(model.decode(z), -1.0, 1.0)

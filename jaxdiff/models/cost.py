@@ -39,7 +39,9 @@ class NetworkCost:
 def forward_gflops(module: nnx.Module, spec: table.NetworkSpec, *, denoiser: bool = True) -> float:
   """Gflops of `module`'s forward pass on one example of `spec`, dropout off (`module` may be
   shapes only): model(x, t, y), with t and y None for a network that is no denoiser (the
-  autoencoder: `Architecture.denoiser`) and y None for an unconditional spec."""
+  autoencoder: `Architecture.denoiser`) and y None for an unconditional spec; a network whose
+  forward takes other inputs says which with `example_inputs(spec)` (the GAN: its generator's
+  latents, the pass that sampling runs)."""
   module.eval()  # dropout's random bits would count as flops
   graphdef, state = nnx.split(module)
   size, channels = spec.image_size, spec.in_channels
@@ -47,6 +49,8 @@ def forward_gflops(module: nnx.Module, spec: table.NetworkSpec, *, denoiser: boo
   scalar = jax.ShapeDtypeStruct((1,), jnp.int32)
   t = scalar if denoiser else None
   args = (x, t, scalar if denoiser and spec.num_classes is not None else None)
+  if hasattr(module, "example_inputs"):
+    args = module.example_inputs(spec)
 
   def forward(state, *args):
     return nnx.merge(graphdef, state)(*args)

@@ -26,6 +26,7 @@ from jaxdiff.models.autoencoder import (
   generate_from_prior,
 )
 from jaxdiff.models.dit import DiT, DiTConfig, build_dit
+from jaxdiff.models.gan import GAN, GANConfig, build_gan, generate_from_noise
 from jaxdiff.models.unet import UNet, UNetConfig, build_unet
 
 
@@ -48,7 +49,8 @@ class Architecture:
   # a denoiser model(x, t, y) that samplers run; False for a network trained by its own
   # objective (the autoencoder), which must then draw images itself with `generate`
   denoiser: bool = True
-  # generate(model, key, batch_size) -> images in [-1, 1]: how a run of a non-denoiser samples
+  # generate(model, key, batch_size, image_size, labels=None) -> images in [-1, 1]: how a run of a
+  # non-denoiser samples (labels: the batch's, for a class-conditional network)
   generate: Callable | None = None
 
 
@@ -65,6 +67,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     denoiser=False,
     generate=generate_from_prior,
   ),
+  # Not a denoiser either: a generator and its discriminator (`model(z, None, y)` → images,
+  # `critic=True` → logits), trained by diffusion.loss='gan', sampling G(z) in one evaluation.
+  "gan": Architecture(GAN, GANConfig, build_gan, denoiser=False, generate=generate_from_noise),
 }
 
 # model.* keys of every architecture, with their defaults.

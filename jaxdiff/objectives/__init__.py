@@ -16,7 +16,7 @@ plus one entry in `OBJECTIVES`.
 from __future__ import annotations
 
 from jaxdiff import preconditioning
-from jaxdiff.objectives import autoencoder, consistency
+from jaxdiff.objectives import autoencoder, consistency, gan
 from jaxdiff.objectives.base import Objective, ObjectiveEntry
 from jaxdiff.objectives.denoising import hybrid, mse, vlb
 
@@ -32,6 +32,8 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
     check=autoencoder.check,
     uses_lpips=autoencoder.uses_lpips,
   ),
+  # a GAN (model.arch='gan'): non-saturating or hinge loss, R1, the discriminator's own rate
+  "gan": ObjectiveEntry(gan.gan, trains_denoiser=False, bound=gan.no_bound, check=gan.check),
   # consistency models (objectives/consistency.py): distilled from a teacher run, or trained alone
   "consistency_distillation": ObjectiveEntry(
     consistency.consistency_distillation,

@@ -27,6 +27,9 @@ class Objective:
   # parameters of frozen helper networks the loss reads (LPIPS's), passed into the jitted step
   # as an argument rather than baked into its program as constants; never trained or checkpointed
   frozen_params: Any = None
+  # {name of a top-level submodule: factor}: that submodule's optimizer updates are multiplied by
+  # the factor (after Adam: its learning rate × factor), e.g. a GAN's discriminator's own rate
+  update_scales: dict[str, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
