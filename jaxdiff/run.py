@@ -17,7 +17,7 @@ from etils import epath
 
 from jaxdiff import codecs, data, metrics, models, objectives, parallel, schedules, storage
 from jaxdiff import state as state_lib
-from jaxdiff.checkpoint import Checkpointer, abstract, read_latest
+from jaxdiff.checkpoint import Checkpointer, abstract, finished_steps, read_latest
 from jaxdiff.codecs import cache as latent_cache
 from jaxdiff.config import default_config, validate
 
@@ -272,8 +272,8 @@ def read_teacher(config: ml_collections.ConfigDict):
 
 
 def _has_checkpoints(workdir: epath.Path) -> bool:
-  directory = workdir / "checkpoints"
-  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+  # finished ones only: in a bucket a step folder exists while it is being written
+  return bool(finished_steps(workdir / "checkpoints"))
 
 
 def setup(config: ml_collections.ConfigDict, workdir) -> Run:

@@ -157,6 +157,10 @@ def train(config: ml_collections.ConfigDict, workdir) -> state_lib.TrainState:
         metrics_out.write(step, values)
         started, last_log = now, step
       if step % t.checkpoint_every == 0 or step == t.num_steps or stop:
+        # Returns once the state is copied off the device (the next call donates it; with several
+        # processes, once Orbax has started the save); the files are written in the background,
+        # and the loop waits for them only where it must: Orbax before it starts the next save,
+        # this loop on preemption and at exit.
         run.checkpointer.save(step, state, iterator.get_state(), force=True)
       if grids is not None and (step % t.sample_every == 0 or step == t.num_steps):
         grids.write(state.ema_params, step)
@@ -169,10 +173,12 @@ def train(config: ml_collections.ConfigDict, workdir) -> state_lib.TrainState:
         )
   finally:
     bar.close()
-    run.checkpointer.wait()  # before the handlers go: a late signal must not cut a save short
-    run.checkpointer.close()
-    metrics_out.close()
-    preemption.restore()
+    try:
+      run.checkpointer.wait()  # before the handlers go: a late signal must not cut a save short
+    finally:  # a save that failed in the background raises here, after everything is closed
+      run.checkpointer.close()
+      metrics_out.close()
+      preemption.restore()
   return state
 
 
