@@ -1,0 +1,345 @@
+"""The seed's closing table, measured: VAE, GAN and diffusion on stacked digits (1,000 modes).
+
+    python benchmarks/trilemma.py --out=runs/trilemma            # the full run (~60 min, 2 cores)
+    python benchmarks/trilemma.py --out=runs/trilemma --quick    # every row at toy budgets (~5 min)
+    python benchmarks/trilemma.py --out=runs/trilemma --data=digits   # the same on the digits
+
+Trains, with jaxdiff's own configs, one run of each family — the VAE (its prior samples), the GAN,
+pixel diffusion, latent diffusion (on that VAE's latents) and the consistency-distilled student of
+the pixel model (1 step) — each for the same wall-clock budget on this CPU: every family's training
+rate is measured first (a short calibration run), and its steps are set to budget × rate. Then:
+
+  stability      each family again with 3 seeds × 2 learning rates (its config's and 2×), at the
+                 sweep budget: how many of the 6 runs fail — the loss became non-finite, or the run
+                 covers fewer than half the modes the family's best run covers (collapse) — and
+                 the spread (min–max) of the Fréchet distance of the others, on --sweep-samples
+  quality        Fréchet distance on the digits classifier's features (the three channels'
+                 hidden features side by side, against the real stacked test images), and
+                 sharpness: mean |∇x| of the samples against the real images'
+  mode coverage  modes covered of 1,000 and KL(mode histogram ‖ uniform) in nats, on --samples
+                 (jaxdiff/metrics/modes.py), beside the real training triples' at the same N
+  likelihood     bits/dim on the same test images: the VAE's ELBO, the pixel model's diffusion
+                 bound; none for the GAN, the consistency model and the latent model (whose bound
+                 is on latents)
+  speed          network evaluations per image and ms per image after compilation, batch 500
+  loss           what each minimises
+
+The GAN gets what its literature uses: R1, an EMA generator, Adam β₁ = 0, and a sweep of the
+discriminator/generator learning-rate ratio (1, 2, 4) at the sweep budget, the best of which
+(lowest Fréchet distance) is what the headline and the stability rows use. Prints one JSON line per
+result, a markdown table, and writes a figure (quality vs coverage vs speed) with --figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import pathlib
+import shutil
+import sys
+import time
+
+from jaxdiff import cpu
+
+cpu.apply_xla_flags()  # first: the XLA:CPU flag must precede JAX's backend
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from digits_quality import frechet_distance  # noqa: E402
+from sampler_nfe import timed_draw  # noqa: E402
+
+from jaxdiff import evaluation, metrics, models, shipped_configs  # noqa: E402
+from jaxdiff import config as config_lib  # noqa: E402
+from jaxdiff import run as run_lib  # noqa: E402
+from jaxdiff.data import stacked_digits  # noqa: E402
+from jaxdiff.metrics.digits_classifier import DigitsFeatures, digits_split  # noqa: E402
+from jaxdiff.train import loop  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  config: str  # a shipped config
+  loss: str  # what it minimises, for the table
+  needs: str | None = None  # the family whose headline workdir it builds on
+  overrides: dict = dataclasses.field(default_factory=dict)
+
+
+# the unconditional 3-channel versions of the digits configs (stacked digits); --data=digits keeps
+# the digits' own settings but unconditional too, so every family samples the same way
+UNCONDITIONAL = {
+  "model.class_conditional": False,
+  "model.class_dropout": 0.0,
+  "sample.guidance_scale": 1.0,
+}
+FAMILIES = {
+  "VAE": Family("digits_vae", "−ELBO: ‖x − x̂‖²/2σ² + KL(q(z|x) ‖ N(0, I))"),
+  "GAN": Family("digits_gan", "non-saturating GAN loss + R1 (γ/2·‖∇D(x)‖²)"),
+  "pixel diffusion": Family("digits", "v-prediction MSE, Min-SNR-5 (a weighted ELBO)"),
+  "latent diffusion": Family(
+    "digits_latent", "v-prediction MSE on the VAE's latents", needs="VAE"
+  ),
+  "consistency (1 step)": Family(
+    "digits_cd",
+    "pseudo-Huber consistency distillation",
+    needs="pixel diffusion",
+    overrides={"consistency.teacher_guidance": 1.0},
+  ),
+}
+GAN_RATIOS = (1.0, 2.0, 4.0)
+
+
+def make_config(family: Family, data: str, overrides: dict):
+  config = config_lib.load_file(shipped_configs.shipped(family.config))
+  wanted = {**UNCONDITIONAL, **family.overrides}
+  if data == "stacked_digits":
+    wanted.update({"data.name": "stacked_digits", "data.channels": 3, "data.num_classes": None})
+  config.update_from_flattened_dict({**wanted, **overrides})
+  config_lib.validate(config)
+  return config
+
+
+def steps_per_second(config, workdir: pathlib.Path, steps: int) -> float:
+  """The family's training rate after compilation: a calibration run of `steps` steps."""
+  c = config.copy_and_resolve_references()
+  c.train.num_steps, c.train.log_every = steps, steps // 2
+  c.train.checkpoint_every, c.train.sample_every = steps, 0
+  shutil.rmtree(workdir, ignore_errors=True)
+  loop.train(c, workdir)
+  lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  rate = [x["steps_per_sec"] for x in lines if "steps_per_sec" in x][-1]  # the second half
+  shutil.rmtree(workdir, ignore_errors=True)
+  return float(rate)
+
+
+def train(config, workdir: pathlib.Path, seconds: float, rate: float) -> dict:
+  """Trains `config` for `seconds` × `rate` steps (a whole number of calls) into `workdir`."""
+  per_call = config.train.steps_per_call
+  config.train.num_steps = max(per_call, int(seconds * rate) // per_call * per_call)
+  config.train.checkpoint_every = config.train.num_steps
+  config.train.log_every = max(per_call, config.train.num_steps // 10 // per_call * per_call)
+  config.train.sample_every = 0
+  shutil.rmtree(workdir, ignore_errors=True)
+  start = time.perf_counter()
+  try:
+    loop.train(config, workdir)
+    failed = None
+  except run_lib.RunError as e:  # a non-finite loss stops the loop with its last good checkpoint
+    failed = str(e).split(";")[0]
+  return {"steps": config.train.num_steps, "train_seconds": time.perf_counter() - start, "failed": failed}
+
+
+class Judge:
+  """Fréchet distance on the digits classifier's hidden features (per channel, side by side) and
+  the mode counter, against the real stacked (or plain) digits."""
+
+  def __init__(self, data: str):
+    self.data = data
+    self.features = DigitsFeatures()
+    self.modes = metrics.ModeCounter(self.features) if data == "stacked_digits" else None
+    if data == "stacked_digits":
+      real, _ = stacked_digits.stacked_split("test")
+    else:
+      real = digits_split("test")[0]
+    self.real = real
+    self.real_features = self._features(real)
+    self.real_sharpness = sharpness(real)
+
+  def _features(self, images_uint8):
+    channels = images_uint8.shape[-1]
+    return np.concatenate(
+      [self.features.features(images_uint8[..., k : k + 1]) for k in range(channels)], axis=-1
+    )
+
+  def __call__(self, images_uint8) -> dict:
+    out = {
+      "frechet_distance": float(frechet_distance(self._features(images_uint8), self.real_features)),
+      "sharpness": sharpness(images_uint8),
+      "sharpness_real": self.real_sharpness,
+    }
+    if self.modes is not None:
+      out.update({f"{k}": v for k, v in self.modes(images_uint8).items()})
+    return out
+
+
+def sharpness(images_uint8) -> float:
+  """Mean absolute finite-difference gradient, both directions, of images in [0, 1]."""
+  x = np.asarray(images_uint8, np.float64) / 255.0
+  return float((np.abs(np.diff(x, axis=2)).mean() + np.abs(np.diff(x, axis=1)).mean()) / 2)
+
+
+def to_16x16(images_uint8: np.ndarray) -> np.ndarray:
+  """uint8 (N, S, S, C) → uint8 (N, 16, 16, C): 2×2 means for S = 32 (the autoencoder's size)."""
+  if images_uint8.shape[1] == 16:
+    return images_uint8
+  x = images_uint8.astype(np.float64).reshape(-1, 16, 2, 16, 2, images_uint8.shape[-1])
+  return np.round(x.mean(axis=(2, 4))).astype(np.uint8)
+
+
+def draw(workdir: pathlib.Path, count: int, batch_size: int = 500):
+  """(uint8 16×16 images, ms per image after compilation, network evaluations per image)."""
+  config = run_lib.saved_config(workdir)
+  config.sample.batch_size = min(batch_size, count)
+  run = run_lib.setup(config, workdir)
+  step, state = run_lib.restore_for_inference(run)
+  images, _, seconds, _ = timed_draw(run, state, step, count, config.sample.batch_size)
+  nfe = config.sample.num_steps if models.architecture(config.model.arch).denoiser else 1
+  return to_16x16(images), 1e3 * seconds / count, nfe
+
+
+def likelihood(workdir: pathlib.Path, examples: int, timesteps: int) -> float | None:
+  """Bits/dim of the first `examples` test images (the VAE's ELBO, the diffusion bound), or None
+  for a model that has none on pixels."""
+  config = run_lib.saved_config(workdir)
+  if not config.eval.bits_per_dim:
+    return None
+  config.eval.num_samples, config.eval.num_examples = 0, examples
+  config.eval.num_timesteps = timesteps  # read by the diffusion bound only
+  config.eval.batch_size = 64
+  return float(evaluation.evaluate(config, workdir)["eval_bpd"])
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", type=pathlib.Path, required=True, help="folder for the runs")
+  parser.add_argument("--data", default="stacked_digits", choices=("stacked_digits", "digits"))
+  parser.add_argument("--quick", action="store_true", help="toy budgets: every row in ~5 min")
+  parser.add_argument("--seconds", type=float, help="training budget per headline run")
+  parser.add_argument("--sweep-seconds", type=float, help="training budget per sweep run")
+  parser.add_argument("--samples", type=int, help="samples scored per headline run")
+  parser.add_argument("--sweep-samples", type=int, help="samples scored per sweep run")
+  parser.add_argument("--bpd-examples", type=int, default=256, help="test images for bits/dim")
+  parser.add_argument(
+    "--bpd-timesteps", type=int, default=100,
+    help="the diffusion bound's random timesteps per image (an unbiased estimate of its sum)",
+  )  # fmt: skip
+  parser.add_argument("--figure", type=pathlib.Path)
+  args = parser.parse_args()
+  quick = args.quick
+  seconds = args.seconds or (8 if quick else 180)
+  sweep_seconds = args.sweep_seconds or (4 if quick else 30)
+  samples = args.samples or (500 if quick else 10_000)
+  sweep_samples = args.sweep_samples or (200 if quick else 1_000)
+  bpd_examples = 32 if quick else args.bpd_examples
+  seeds, lr_factors = ((0,), (1.0, 2.0)) if quick else ((0, 1, 2), (1.0, 2.0))
+  args.out.mkdir(parents=True, exist_ok=True)
+  print(json.dumps({"setting": vars(args) | {"seconds": seconds, "sweep_seconds": sweep_seconds,
+        "samples": samples, "sweep_samples": sweep_samples}}, default=str), flush=True)  # fmt: skip
+  judge = Judge(args.data)
+  floor = judge.modes.real_floor(samples) if judge.modes else None
+  if floor:
+    print(json.dumps({"real_train_triples": floor}), flush=True)
+
+  def config_of(name, headline, **overrides):
+    family = FAMILIES[name]
+    wanted = dict(overrides)
+    if family.needs == "VAE":
+      wanted["autoencoder.path"] = str(headline["VAE"])
+    if family.needs == "pixel diffusion":
+      wanted["teacher.workdir"] = str(headline["pixel diffusion"])
+    return make_config(family, args.data, wanted)
+
+  rates, headline, rows = {}, {}, []
+  gan_ratio = 1.0
+  # the GAN's ratio sweep first, at the sweep budget: the best ratio is the GAN's from then on
+  rates["GAN"] = steps_per_second(config_of("GAN", headline), args.out / "calibrate", 8)
+  ratio_scores = {}
+  for ratio in GAN_RATIOS[:2] if quick else GAN_RATIOS:
+    workdir = args.out / f"gan_ratio{ratio:g}"
+    result = train(config_of("GAN", headline, **{"gan.discriminator_lr_ratio": ratio}), workdir,
+                   sweep_seconds, rates["GAN"])  # fmt: skip
+    scored = judge(draw(workdir, sweep_samples)[0]) if not result["failed"] else None
+    ratio_scores[ratio] = scored["frechet_distance"] if scored else math.inf
+    print(json.dumps({"gan_ratio": ratio, **result, **(scored or {})}), flush=True)
+  gan_ratio = min(ratio_scores, key=ratio_scores.get)
+  extra = {"GAN": {"gan.discriminator_lr_ratio": gan_ratio}}
+
+  for name, family in FAMILIES.items():
+    config = config_of(name, headline, **extra.get(name, {}))
+    if name not in rates:
+      rates[name] = steps_per_second(config, args.out / "calibrate", 2 * config.train.steps_per_call * 2)
+    workdir = args.out / name.split(" ")[0].lower()
+    result = train(config, workdir, seconds, rates[name])
+    headline[name] = workdir
+    images, ms, nfe = draw(workdir, samples)
+    row = {
+      "model": name,
+      **result,
+      "steps_per_sec": rates[name],
+      **judge(images),
+      "bits_per_dim": likelihood(workdir, bpd_examples, args.bpd_timesteps),
+      "nfe": nfe,
+      "ms_per_image": ms,
+      "loss": family.loss,
+    }
+    print(json.dumps(row), flush=True)
+    rows.append(row)
+    np.savez(args.out / f"{workdir.name}_samples.npz", images)
+
+  # stability: seeds × learning rates at the sweep budget
+  for row in rows:
+    name = row["model"]
+    finals, failures, runs = [], 0, []
+    base_lr = config_of(name, headline, **extra.get(name, {})).optim.learning_rate
+    for seed in seeds:
+      for factor in lr_factors:
+        config = config_of(
+          name, headline, seed=seed, **{"optim.learning_rate": base_lr * factor}, **extra.get(name, {})
+        )
+        workdir = args.out / "sweep" / f"{row['model'].split(' ')[0].lower()}_s{seed}_lr{factor:g}"
+        result = train(config, workdir, sweep_seconds, rates[name])
+        scored = judge(draw(workdir, sweep_samples)[0]) if not result["failed"] else {}
+        runs.append({"seed": seed, "lr_factor": factor, **result, **scored})
+        print(json.dumps({"sweep": name, **runs[-1]}), flush=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+    best_modes = max((r.get("modes", 0) for r in runs), default=0)
+    for r in runs:
+      collapsed = judge.modes is not None and r.get("modes", 0) < best_modes / 2
+      if r["failed"] or collapsed:
+        failures += 1
+      else:
+        finals.append(r["frechet_distance"])
+    row["stability_failed"] = f"{failures}/{len(runs)}"
+    row["stability_fd_spread"] = [min(finals), max(finals)] if finals else None
+
+  print(f"\nGAN discriminator/generator learning-rate ratio chosen: {gan_ratio:g} "
+        f"(Fréchet distance by ratio: {ratio_scores})")  # fmt: skip
+  cover = "| modes (of 1000) | KL to uniform " if judge.modes else ""
+  print(f"\n| model | failed of runs | FD spread | Fréchet distance | sharpness (real {judge.real_sharpness:.4f}) {cover}| bits/dim | NFE | ms/image | loss |")
+  print("|---" * (9 + (2 if judge.modes else 0)) + "|")
+  for r in rows:
+    spread = "—" if r["stability_fd_spread"] is None else "%.2f–%.2f" % tuple(r["stability_fd_spread"])
+    modes = f"| {r['modes']} | {r['kl_to_uniform']:.3f} " if judge.modes else ""
+    bpd = "none" if r["bits_per_dim"] is None else f"{r['bits_per_dim']:.3f}"
+    print(
+      f"| {r['model']} | {r['stability_failed']} | {spread} | {r['frechet_distance']:.2f} | "
+      f"{r['sharpness']:.4f} {modes}| {bpd} | {r['nfe']} | {r['ms_per_image']:.3f} | {r['loss']} |"
+    )
+  if args.figure:
+    plot(rows, judge, args.figure)
+    print(f"wrote {args.figure}")
+
+
+def plot(rows, judge, path):
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for r in rows:
+    coverage = r.get("modes", 0) / 10 if judge.modes else 100
+    ax.scatter(r["ms_per_image"], r["frechet_distance"], s=20 + 3 * coverage, alpha=0.7)
+    label = f"{r['model']}" + (f" ({r['modes']} modes)" if judge.modes else "")
+    ax.annotate(label, (r["ms_per_image"], r["frechet_distance"]), fontsize=8)
+  ax.set(xscale="log", yscale="log", xlabel="ms per image (sampling, after compilation)",
+         ylabel="Fréchet distance (digits classifier)",
+         title="quality vs speed; marker area: modes covered")  # fmt: skip
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+  main()
