@@ -162,6 +162,6 @@ plt.show()
 #   likelihood bound in bits/dim and, on the digits, a small held-out classifier's Fréchet
 #   distance (notebook 04 looks at the bound).
 # - Notebook 02 shows what the model learned to undo; 03 compares every sampler on one model;
-#   06 swaps the U-Net for a Diffusion Transformer.
+#   06 swaps the U-Net for a Diffusion Transformer; 08 puts diffusion beside a VAE and a GAN.
 # - Larger configs (`configs/cifar10.py`, `configs/imagenet64.py`) run the same way; see
-#   `08_tpu_pod_imagenet64.md` for ImageNet 64×64 on a TPU pod.
+#   `09_tpu_pod_imagenet64.md` for ImageNet 64×64 on a TPU pod.
