@@ -324,6 +324,7 @@ def main():
 
 def plot(rows, judge, path):
   import matplotlib
+  import matplotlib.ticker
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -337,6 +338,8 @@ def plot(rows, judge, path):
   ax.set(xscale="log", yscale="log", xlabel="ms per image (sampling, after compilation)",
          ylabel="Fréchet distance (digits classifier)",
          title="quality vs speed; marker area: modes covered")  # fmt: skip
+  ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+  ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
   fig.tight_layout()
   fig.savefig(path, dpi=110)
 
