@@ -160,7 +160,7 @@ class Judge:
       "sharpness_real": self.real_sharpness,
     }
     if self.modes is not None:
-      out.update({f"{k}": v for k, v in self.modes(images_uint8).items()})
+      out.update(self.modes(images_uint8))
     return out
 
 
@@ -242,7 +242,6 @@ def main():
     return make_config(family, args.data, wanted)
 
   rates, headline, rows = {}, {}, []
-  gan_ratio = 1.0
   # the GAN's ratio sweep first, at the sweep budget: the best ratio is the GAN's from then on
   rates["GAN"] = steps_per_second(config_of("GAN", headline), args.out / "calibrate", 8)
   ratio_scores = {}

@@ -99,7 +99,12 @@ def test_preset_sets_the_four_sizes_and_refuses_conflicts():
 
 
 def _describe_cli(tmp_path, *args):
-  command = [sys.executable, "-m", "jaxdiff.main", "--mode=describe", *args]
+  return run_main(tmp_path, "--mode=describe", *args)
+
+
+def run_main(tmp_path, *args):
+  """`python -m jaxdiff.main ARGS` in `tmp_path`, its data dir there too; the finished process."""
+  command = [sys.executable, "-m", "jaxdiff.main", *args]
   command.append(f"--config.data.data_dir={tmp_path / 'data'}")
   return subprocess.run(
     command,

@@ -5,10 +5,8 @@ train with FSDP, SIGKILL, resume bit-identically, sample, eval — and the error
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -17,11 +15,11 @@ import optax
 import pytest
 from cluster import configured, flags
 from flax import nnx
-from test_train import data_dir, read_params  # noqa: F401 — a fixture
+from test_train import data_dir, kill_at_checkpoint_4, read_params  # noqa: F401 — a fixture
 
-from jaxdiff import models, state as state_lib
+from jaxdiff import models
+from jaxdiff import state as state_lib
 from jaxdiff.objectives import gan as gan_lib
-from jaxdiff.train import loop
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # configs/digits_gan.py at test size: 8 steps in calls of 2, a checkpoint every 2, FSDP over 2
@@ -157,16 +155,7 @@ def test_a_gan_run_resumes_bit_identically_after_sigkill_samples_and_evaluates(t
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
   straight, killed = tmp_path / "straight", tmp_path / "killed"
   subprocess.run(_cli(straight, data_dir), env=env, check=True, capture_output=True)
-  proc = subprocess.Popen(
-    _cli(killed, data_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-  )
-  deadline = time.time() + 300
-  while not (killed / "checkpoints" / "4").exists():
-    assert proc.poll() is None and time.time() < deadline, "the run ended before checkpoint 4"
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not (killed / "checkpoints" / "8").exists()
+  kill_at_checkpoint_4(_cli(killed, data_dir), killed, env)
   subprocess.run(_cli(killed, data_dir), env=env, check=True, capture_output=True)
   a, b = read_params(straight, 8), read_params(killed, 8)
   jax.tree.map(np.testing.assert_array_equal, a, b)

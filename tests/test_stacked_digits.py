@@ -4,16 +4,14 @@ front door, and the one-sentence refusal of a model with the wrong channel count
 
 import json
 import math
-import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
+from test_describe import run_main
 
 from jaxdiff import config as config_lib
 from jaxdiff import data, evaluation, metrics, parallel
@@ -141,22 +139,8 @@ def test_eval_reports_modes_and_kl_for_stacked_digits(counter, monkeypatch):
 # --- the config, through the front door -------------------------------------------------------
 
 
-def _main(tmp_path, *args):
-  command = [sys.executable, "-m", "jaxdiff.main", *args]
-  command.append(f"--config.data.data_dir={tmp_path / 'data'}")
-  return subprocess.run(
-    command,
-    cwd=tmp_path,
-    capture_output=True,
-    text=True,
-    timeout=120,
-    env=dict(os.environ),
-    check=False,
-  )
-
-
 def test_cli_describes_the_unconditional_three_channel_model(tmp_path):
-  result = _main(tmp_path, "--mode=describe", f"--config={CONFIG}")
+  result = run_main(tmp_path, "--mode=describe", f"--config={CONFIG}")
   assert result.returncode == 0, result.stderr
   info = json.loads(result.stdout.strip().splitlines()[-1])
   assert info["image_shape"] == info["diffusion_shape"] == [16, 16, 3]
@@ -165,7 +149,7 @@ def test_cli_describes_the_unconditional_three_channel_model(tmp_path):
 
 
 def test_a_one_channel_model_on_stacked_digits_is_one_sentence_before_any_work(tmp_path):
-  result = _main(
+  result = run_main(
     tmp_path,
     f"--config={REPO / 'configs' / 'digits.py'}",
     "--config.data.name=stacked_digits",

@@ -245,21 +245,25 @@ def read_params(workdir, step):
     return reader.restore(path, target)
 
 
+def kill_at_checkpoint_4(command, workdir, env):
+  """Starts a train `command` of 8 steps with a checkpoint every 2 and SIGKILLs it once
+  checkpoint 4 exists in `workdir` (before checkpoint 8)."""
+  proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (workdir / "checkpoints" / "4").exists():
+    assert proc.poll() is None and time.time() < deadline, "the run ended before checkpoint 4"
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (workdir / "checkpoints" / "8").exists()
+
+
 def test_sigkill_and_resume_is_bit_identical(tmp_path, data_dir):
   straight = tmp_path / "straight"
   loop.train(tiny_config(data_dir), straight)
   killed = tmp_path / "killed"
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-  proc = subprocess.Popen(
-    cli(killed, data_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-  )
-  deadline = time.time() + 300
-  while not (killed / "checkpoints" / "4").exists():
-    assert proc.poll() is None and time.time() < deadline, "the run ended before checkpoint 4"
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not (killed / "checkpoints" / "8").exists()
+  kill_at_checkpoint_4(cli(killed, data_dir), killed, env)
   subprocess.run(cli(killed, data_dir), env=env, check=True, capture_output=True)
   a, b = read_params(straight, 8), read_params(killed, 8)
   assert int(a["step"]) == int(b["step"]) == 8
