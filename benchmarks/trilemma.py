@@ -22,6 +22,9 @@ rate is measured first (a short calibration run), and its steps are set to budge
                  bound; none for the GAN, the consistency model and the latent model (whose bound
                  is on latents)
   speed          network evaluations per image and ms per image after compilation, batch 500
+                 (the median batch), the sampler's compile seconds and XLA's count of its
+                 program's memory; beside it each family's training rate (its calibration
+                 run's fastest call), compile seconds and the calibration process's peak RSS
   loss           what each minimises
 
 The GAN gets what its literature uses: R1, an EMA generator, Adam β₁ = 0, and a sweep of the
@@ -45,18 +48,17 @@ from jaxdiff import cpu
 
 cpu.apply_xla_flags()  # first: the XLA:CPU flag must precede JAX's backend
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from digits_quality import frechet_distance  # noqa: E402
-from sampler_nfe import timed_draw  # noqa: E402
+from digits_quality import frechet_distance
 
-from jaxdiff import evaluation, metrics, models, shipped_configs  # noqa: E402
-from jaxdiff import config as config_lib  # noqa: E402
-from jaxdiff import run as run_lib  # noqa: E402
-from jaxdiff.data import stacked_digits  # noqa: E402
-from jaxdiff.metrics.digits_classifier import DigitsFeatures, digits_split  # noqa: E402
-from jaxdiff.train import loop  # noqa: E402
+from jaxdiff import config as config_lib
+from jaxdiff import evaluation, generate, metrics, models, shipped_configs
+from jaxdiff import run as run_lib
+from jaxdiff.data import stacked_digits
+from jaxdiff.metrics.digits_classifier import DigitsFeatures, digits_split
+from jaxdiff.train import loop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,12 +76,20 @@ UNCONDITIONAL = {
   "model.class_dropout": 0.0,
   "sample.guidance_scale": 1.0,
 }
+# Every family models the same 16×16 pixels, so bits/dim are comparable: the VAE is the digits
+# autoencoder's recipe at 16×16 with two levels (f = 2 → the same 8×8×4 latents as digits_vae's f = 4
+# at 32×32), and latent diffusion runs on those latents.
+AT_16 = {"data.image_size": 16}
 FAMILIES = {
-  "VAE": Family("digits_vae", "−ELBO: ‖x − x̂‖²/2σ² + KL(q(z|x) ‖ N(0, I))"),
+  "VAE": Family(
+    "digits_vae",
+    "−ELBO: ‖x − x̂‖²/2σ² + KL(q(z|x) ‖ N(0, I))",
+    overrides={**AT_16, "model.block_out_channels": (16, 32)},
+  ),
   "GAN": Family("digits_gan", "non-saturating GAN loss + R1 (γ/2·‖∇D(x)‖²)"),
   "pixel diffusion": Family("digits", "v-prediction MSE, Min-SNR-5 (a weighted ELBO)"),
   "latent diffusion": Family(
-    "digits_latent", "v-prediction MSE on the VAE's latents", needs="VAE"
+    "digits_latent", "v-prediction MSE on the VAE's latents", needs="VAE", overrides=AT_16
   ),
   "consistency (1 step)": Family(
     "digits_cd",
@@ -101,17 +111,52 @@ def make_config(family: Family, data: str, overrides: dict):
   return config
 
 
-def steps_per_second(config, workdir: pathlib.Path, steps: int) -> float:
-  """The family's training rate after compilation: a calibration run of `steps` steps."""
-  c = config.copy_and_resolve_references()
-  c.train.num_steps, c.train.log_every = steps, steps // 2
-  c.train.checkpoint_every, c.train.sample_every = steps, 0
+def use_compile_cache(folder) -> None:
+  """JAX's persistent compilation cache in `folder` (--quick: the runs of one family share their
+  programs, so each compiles once; its compile seconds are then partly cache loads)."""
+  import jax
+
+  jax.config.update("jax_compilation_cache_dir", str(folder))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
+def _calibration_child(config, workdir: str, steps: int, cache) -> dict:
+  """Runs in a fresh process (its peak RSS is the run's own): `steps` steps logged every call."""
+  import resource
+
+  if cache:
+    use_compile_cache(cache)
+  config.train.num_steps, config.train.log_every = steps, config.train.steps_per_call
+  config.train.checkpoint_every, config.train.sample_every = steps, 0
+  loop.train(config, pathlib.Path(workdir))
+  lines = [
+    json.loads(x) for x in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  ]
+  rates = [x["steps_per_sec"] for x in lines if "steps_per_sec" in x]
+  return {"rates": rates, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def calibrate(config, workdir: pathlib.Path, calls: int = 5, cache=None) -> dict:
+  """The family's training rate after compilation, from a calibration run of `calls` calls in a
+  process of its own: the fastest call after the first (the least disturbed by anything else on
+  the machine, so budgets are fair when it is busy), the first call's extra time (compilation and the input pipeline's start),
+  and the process's peak RSS."""
+  import concurrent.futures
+  import multiprocessing
+
   shutil.rmtree(workdir, ignore_errors=True)
-  loop.train(c, workdir)
-  lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
-  rate = [x["steps_per_sec"] for x in lines if "steps_per_sec" in x][-1]  # the second half
+  per_call = config.train.steps_per_call
+  context = multiprocessing.get_context("spawn")
+  with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+    out = pool.submit(_calibration_child, config.copy_and_resolve_references(), str(workdir),
+                      calls * per_call, cache).result()  # fmt: skip
   shutil.rmtree(workdir, ignore_errors=True)
-  return float(rate)
+  rate = max(out["rates"][1:])
+  return {
+    "steps_per_sec": rate,
+    "train_compile_s": per_call / out["rates"][0] - per_call / rate,
+    "train_peak_rss_mb": out["peak_rss_mb"],
+  }
 
 
 def train(config, workdir: pathlib.Path, seconds: float, rate: float) -> dict:
@@ -128,7 +173,11 @@ def train(config, workdir: pathlib.Path, seconds: float, rate: float) -> dict:
     failed = None
   except run_lib.RunError as e:  # a non-finite loss stops the loop with its last good checkpoint
     failed = str(e).split(";")[0]
-  return {"steps": config.train.num_steps, "train_seconds": time.perf_counter() - start, "failed": failed}
+  return {
+    "steps": config.train.num_steps,
+    "train_seconds": time.perf_counter() - start,
+    "failed": failed,
+  }
 
 
 class Judge:
@@ -170,23 +219,33 @@ def sharpness(images_uint8) -> float:
   return float((np.abs(np.diff(x, axis=2)).mean() + np.abs(np.diff(x, axis=1)).mean()) / 2)
 
 
-def to_16x16(images_uint8: np.ndarray) -> np.ndarray:
-  """uint8 (N, S, S, C) → uint8 (N, 16, 16, C): 2×2 means for S = 32 (the autoencoder's size)."""
-  if images_uint8.shape[1] == 16:
-    return images_uint8
-  x = images_uint8.astype(np.float64).reshape(-1, 16, 2, 16, 2, images_uint8.shape[-1])
-  return np.round(x.mean(axis=(2, 4))).astype(np.uint8)
-
-
-def draw(workdir: pathlib.Path, count: int, batch_size: int = 500):
-  """(uint8 16×16 images, ms per image after compilation, network evaluations per image)."""
+def draw(workdir: pathlib.Path, count: int, batch_size: int = 500) -> tuple[np.ndarray, dict]:
+  """(uint8 images, speed): `count` of --mode=sample's samples, and network evaluations per image,
+  ms per image (the median batch after compilation, so a busy machine disturbs it least), the
+  sampler's compile seconds and its program's memory (XLA's arguments + outputs + temporaries)."""
   config = run_lib.saved_config(workdir)
-  config.sample.batch_size = min(batch_size, count)
+  batch_size = min(batch_size, count)
   run = run_lib.setup(config, workdir)
   step, state = run_lib.restore_for_inference(run)
-  images, _, seconds, _ = timed_draw(run, state, step, count, config.sample.batch_size)
-  nfe = config.sample.num_steps if models.architecture(config.model.arch).denoiser else 1
-  return to_16x16(images), 1e3 * seconds / count, nfe
+  generator = generate.Generator(run, batch_size)
+  key = generate.sample_key(config, step)
+  start = time.perf_counter()
+  generator.batch(state.ema_params, key, 0)  # compiles; drawn again below
+  first = time.perf_counter() - start
+  batches, times = [], []
+  for b in range(-(-count // batch_size)):
+    start = time.perf_counter()
+    batches.append(generator.batch(state.ema_params, key, b)[0])
+    times.append(time.perf_counter() - start)
+  memory = generator.program_memory(state.ema_params, key)
+  speed = {
+    "nfe": config.sample.num_steps if models.architecture(config.model.arch).denoiser else 1,
+    "ms_per_image": 1e3 * float(np.median(times)) / batch_size,
+    "sample_batch": batch_size,
+    "sample_compile_s": first - float(np.median(times)),
+    "sample_memory_mb": memory / 2**20,
+  }
+  return np.concatenate(batches)[:count], speed
 
 
 def likelihood(workdir: pathlib.Path, examples: int, timesteps: int) -> float | None:
@@ -216,17 +275,37 @@ def main():
     help="the diffusion bound's random timesteps per image (an unbiased estimate of its sum)",
   )  # fmt: skip
   parser.add_argument("--figure", type=pathlib.Path)
+  parser.add_argument(
+    "--workdir", action="append", default=[], metavar="FAMILY=DIR",
+    help=f"score a run you trained instead of training one; FAMILY one of {list(FAMILIES)} "
+    "(repeatable; a latent or consistency run names its own VAE or teacher in its config)",
+  )  # fmt: skip
   args = parser.parse_args()
+  given = {}
+  for item in args.workdir:
+    name, _, folder = item.partition("=")
+    if name not in FAMILIES or not folder:
+      parser.error(f"--workdir takes FAMILY=DIR with FAMILY one of {list(FAMILIES)}, got {item!r}")
+    if not (pathlib.Path(folder) / "config.json").exists():
+      parser.error(f"--workdir {item!r}: {folder} is no jaxdiff workdir (it has no config.json)")
+    given[name] = pathlib.Path(folder)
   quick = args.quick
   seconds = args.seconds or (8 if quick else 180)
-  sweep_seconds = args.sweep_seconds or (4 if quick else 30)
+  sweep_seconds = (4 if quick else 30) if args.sweep_seconds is None else args.sweep_seconds
   samples = args.samples or (500 if quick else 10_000)
   sweep_samples = args.sweep_samples or (200 if quick else 1_000)
   bpd_examples = 32 if quick else args.bpd_examples
   seeds, lr_factors = ((0,), (1.0, 2.0)) if quick else ((0, 1, 2), (1.0, 2.0))
+  # --quick: one step per call (its programs compile several times faster than a scan of 4; the
+  # steps are the same) and one compilation per program (the persistent cache)
+  quick_overrides = {"train.steps_per_call": 1} if quick else {}
+  cache = args.out / "compile_cache" if quick else None
+  if cache:
+    use_compile_cache(cache)
   args.out.mkdir(parents=True, exist_ok=True)
   print(json.dumps({"setting": vars(args) | {"seconds": seconds, "sweep_seconds": sweep_seconds,
-        "samples": samples, "sweep_samples": sweep_samples}}, default=str), flush=True)  # fmt: skip
+        "samples": samples, "sweep_samples": sweep_samples, "bpd_examples": bpd_examples,
+        "stability": {"seeds": seeds, "lr_factors": lr_factors}}}, default=str), flush=True)  # fmt: skip
   judge = Judge(args.data)
   floor = judge.modes.real_floor(samples) if judge.modes else None
   if floor:
@@ -234,7 +313,7 @@ def main():
 
   def config_of(name, headline, **overrides):
     family = FAMILIES[name]
-    wanted = dict(overrides)
+    wanted = {**quick_overrides, **overrides}
     if family.needs == "VAE":
       wanted["autoencoder.path"] = str(headline["VAE"])
     if family.needs == "pixel diffusion":
@@ -242,35 +321,48 @@ def main():
     return make_config(family, args.data, wanted)
 
   rates, headline, rows = {}, {}, []
+
+  def rate_of(name, config):
+    if "steps_per_sec" not in rates.get(name, {}):
+      rates[name] = calibrate(config, args.out / "calibrate", cache=cache)
+      print(json.dumps({"calibration": name, **rates[name]}), flush=True)
+    return rates[name]["steps_per_sec"]
+
   # the GAN's ratio sweep first, at the sweep budget: the best ratio is the GAN's from then on
-  rates["GAN"] = steps_per_second(config_of("GAN", headline), args.out / "calibrate", 8)
+  # (a GAN workdir given keeps its own; no sweep budget, no sweep)
   ratio_scores = {}
-  for ratio in GAN_RATIOS[:2] if quick else GAN_RATIOS:
+  ratios = () if "GAN" in given or not sweep_seconds else GAN_RATIOS[:2] if quick else GAN_RATIOS
+  for ratio in ratios:
     workdir = args.out / f"gan_ratio{ratio:g}"
     result = train(config_of("GAN", headline, **{"gan.discriminator_lr_ratio": ratio}), workdir,
-                   sweep_seconds, rates["GAN"])  # fmt: skip
+                   sweep_seconds, rate_of("GAN", config_of("GAN", headline)))  # fmt: skip
     scored = judge(draw(workdir, sweep_samples)[0]) if not result["failed"] else None
     ratio_scores[ratio] = scored["frechet_distance"] if scored else math.inf
     print(json.dumps({"gan_ratio": ratio, **result, **(scored or {})}), flush=True)
-  gan_ratio = min(ratio_scores, key=ratio_scores.get)
+  if "GAN" in given:
+    gan_ratio = run_lib.saved_config(given["GAN"]).gan.discriminator_lr_ratio
+  elif ratio_scores:
+    gan_ratio = min(ratio_scores, key=ratio_scores.get)
+  else:
+    gan_ratio = config_of("GAN", headline).gan.discriminator_lr_ratio
   extra = {"GAN": {"gan.discriminator_lr_ratio": gan_ratio}}
 
   for name, family in FAMILIES.items():
     config = config_of(name, headline, **extra.get(name, {}))
-    if name not in rates:
-      rates[name] = steps_per_second(config, args.out / "calibrate", 2 * config.train.steps_per_call * 2)
-    workdir = args.out / name.split(" ")[0].lower()
-    result = train(config, workdir, seconds, rates[name])
+    if name in given:  # a workdir the user trained: scored as it is
+      workdir, result = given[name], {"steps": None, "train_seconds": None, "failed": None}
+    else:
+      workdir = args.out / name.split(" ")[0].lower()
+      result = train(config, workdir, seconds, rate_of(name, config))
     headline[name] = workdir
-    images, ms, nfe = draw(workdir, samples)
+    images, speed = draw(workdir, samples)
     row = {
       "model": name,
       **result,
-      "steps_per_sec": rates[name],
+      **rates.get(name, {}),
       **judge(images),
       "bits_per_dim": likelihood(workdir, bpd_examples, args.bpd_timesteps),
-      "nfe": nfe,
-      "ms_per_image": ms,
+      **speed,
       "loss": family.loss,
     }
     print(json.dumps(row), flush=True)
@@ -278,17 +370,21 @@ def main():
     np.savez(args.out / f"{workdir.name}_samples.npz", images)
 
   # stability: seeds × learning rates at the sweep budget
-  for row in rows:
+  for row in rows if sweep_seconds else ():
     name = row["model"]
     finals, failures, runs = [], 0, []
     base_lr = config_of(name, headline, **extra.get(name, {})).optim.learning_rate
     for seed in seeds:
       for factor in lr_factors:
         config = config_of(
-          name, headline, seed=seed, **{"optim.learning_rate": base_lr * factor}, **extra.get(name, {})
+          name,
+          headline,
+          seed=seed,
+          **{"optim.learning_rate": base_lr * factor},
+          **extra.get(name, {}),
         )
         workdir = args.out / "sweep" / f"{row['model'].split(' ')[0].lower()}_s{seed}_lr{factor:g}"
-        result = train(config, workdir, sweep_seconds, rates[name])
+        result = train(config, workdir, sweep_seconds, rate_of(name, config))
         scored = judge(draw(workdir, sweep_samples)[0]) if not result["failed"] else {}
         runs.append({"seed": seed, "lr_factor": factor, **result, **scored})
         print(json.dumps({"sweep": name, **runs[-1]}), flush=True)
@@ -306,15 +402,23 @@ def main():
   print(f"\nGAN discriminator/generator learning-rate ratio chosen: {gan_ratio:g} "
         f"(Fréchet distance by ratio: {ratio_scores})")  # fmt: skip
   cover = "| modes (of 1000) | KL to uniform " if judge.modes else ""
-  print(f"\n| model | failed of runs | FD spread | Fréchet distance | sharpness (real {judge.real_sharpness:.4f}) {cover}| bits/dim | NFE | ms/image | loss |")
-  print("|---" * (9 + (2 if judge.modes else 0)) + "|")
+  print(
+    f"\n| model | failed of runs | FD spread | Fréchet distance | sharpness (real {judge.real_sharpness:.4f}) {cover}| bits/dim | NFE | ms/image (compile s, MB) | training steps/s (compile s, peak RSS MB) | loss |"
+  )
+  print("|---" * (10 + (2 if judge.modes else 0)) + "|")
   for r in rows:
-    spread = "—" if r["stability_fd_spread"] is None else "%.2f–%.2f" % tuple(r["stability_fd_spread"])
+    spread = (
+      "—" if r.get("stability_fd_spread") is None else "%.2f–%.2f" % tuple(r["stability_fd_spread"])
+    )
+    training = ("%.1f (%.0f, %.0f)" % (r["steps_per_sec"], r["train_compile_s"], r["train_peak_rss_mb"])
+                if "steps_per_sec" in r else "given")  # fmt: skip
     modes = f"| {r['modes']} | {r['kl_to_uniform']:.3f} " if judge.modes else ""
     bpd = "none" if r["bits_per_dim"] is None else f"{r['bits_per_dim']:.3f}"
     print(
-      f"| {r['model']} | {r['stability_failed']} | {spread} | {r['frechet_distance']:.2f} | "
-      f"{r['sharpness']:.4f} {modes}| {bpd} | {r['nfe']} | {r['ms_per_image']:.3f} | {r['loss']} |"
+      f"| {r['model']} | {r.get('stability_failed', 'not run')} | {spread} | "
+      f"{r['frechet_distance']:.2f} | {r['sharpness']:.4f} {modes}| {bpd} | {r['nfe']} | "
+      f"{r['ms_per_image']:.3f} ({r['sample_compile_s']:.1f}, {r['sample_memory_mb']:.0f}) | "
+      f"{training} | {r['loss']} |"
     )
   if args.figure:
     plot(rows, judge, args.figure)

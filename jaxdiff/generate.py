@@ -155,6 +155,15 @@ class Generator:
     """Batch b of a numbered sequence of samples: key fold_in(key, b), offset b·batch_size."""
     return self.images(params, jax.random.fold_in(key, b), b * self.batch_size)
 
+  def program_memory(self, params, key) -> int:
+    """Bytes the compiled sampling program holds at its peak, as XLA counts them (arguments +
+    outputs + temporaries, `memory_analysis()`): the figure benchmarks print beside ms/image."""
+    labels = class_labels(self.config, self._padded, 0)
+    placed = None if labels is None else parallel.global_from_host(labels, self._labels_sharding)
+    compiled = self._fn.lower(params, self._codec.params, key, placed).compile()
+    m = compiled.memory_analysis()
+    return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+
 
 def to_uint8(images) -> np.ndarray:
   """[-1, 1] floats to uint8, rounding to the nearest level."""
