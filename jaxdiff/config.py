@@ -14,7 +14,8 @@ import typing
 
 import ml_collections
 
-from jaxdiff import codecs, data, models, objectives, preconditioning, samplers, schedules
+from jaxdiff import codecs, data, flow, models, objectives, preconditioning, samplers, schedules
+from jaxdiff.objectives import probability_flow
 from jaxdiff.state import COMPUTE_DTYPES
 
 
@@ -37,6 +38,9 @@ def default_config(arch: str = "unet") -> ml_collections.ConfigDict:
   c.data = d = ml_collections.ConfigDict()
   d.name = "digits"  # a TFDS dataset name, prepared as array_record
   d.data_dir = ml_collections.config_dict.placeholder(str)  # None: TFDS default dir
+  # a folder of PNG/JPEG images (flat, or one subfolder per class; local or a bucket URL), used
+  # instead of data.name: prepared once into data.data_dir as array_record (data/folder.py)
+  d.folder = ""
   d.split = "train"
   d.eval_split = "test"
   d.batch_size = 128  # global, over all devices and processes
@@ -145,6 +149,20 @@ def default_config(arch: str = "unet") -> ml_collections.ConfigDict:
   c.teacher = ml_collections.ConfigDict()
   c.teacher.workdir = ""
 
+  # the weights a new workdir starts from, in every mode: a `python -m jaxdiff.convert` folder or
+  # another jaxdiff run's workdir (its newest EMA weights), checked against model.* and the data;
+  # saved as checkpoint 0 (fresh optimizer state). Read only while the workdir has no checkpoint
+  c.init_from = ""
+
+  # the sections only one objective reads (ObjectiveEntry.section), documented there: flow
+  # matching's `flow.*` (diffusion.loss='flow_matching'; objectives/flow_matching.py)
+  for entry in objectives.OBJECTIVES.values():
+    if entry.section is not None:
+      name, keys = entry.section
+      c[name] = section = ml_collections.ConfigDict()
+      for key, value in keys.items():  # None: a float left unset, a placeholder of its own
+        section[key] = ml_collections.config_dict.placeholder(float) if value is None else value
+
   c.optim = o = ml_collections.ConfigDict()
   o.learning_rate = 2e-4
   o.schedule = "constant"  # after warmup: 'constant' or 'cosine' (decay to 0 at the end)
@@ -173,7 +191,9 @@ def default_config(arch: str = "unet") -> ml_collections.ConfigDict:
   c.sample = s = ml_collections.ConfigDict()
   s.sampler = "ddim"  # a name in the sampler table (samplers/table.py)
   for name, option in samplers.OPTIONS.items():  # the options the samplers read, documented there
-    s[name] = option.default
+    # an option unset by default (None) is a placeholder of its kind, settable from the flags
+    unset = option.default is None
+    s[name] = ml_collections.config_dict.placeholder(option.kind) if unset else option.default
   s.num_samples = 100
   s.batch_size = 100
   s.guidance_scale = 1.0  # classifier-free guidance; 1 = the conditional model
@@ -190,9 +210,21 @@ def default_config(arch: str = "unet") -> ml_collections.ConfigDict:
   e.batch_size = 64  # estimate from K random steps per example
   e.num_examples = 0  # 0 = the whole data.eval_split
   e.bits_per_dim = True  # the bound above; False skips it
+  # bits/dim through the probability-flow ODE (likelihood_ode.py, docs/guides/likelihood.md): a
+  # flow model's eval.bits_per_dim is this (it has no bound); True adds it beside a diffusion
+  # model's bound. Divergence 'exact' (a jvp per dimension: small images) or Hutchinson's
+  # 'rademacher'/'gaussian' with ode_probes probes per image (their spread is reported); solver
+  # 'dopri5' (adaptive, ode_rtol/ode_atol) or 'rk4' (ode_steps equal steps)
+  e.ode_bits_per_dim = False
+  e.ode_divergence = "rademacher"
+  e.ode_probes = 4
+  e.ode_solver = "dopri5"
+  e.ode_rtol = 1e-5
+  e.ode_atol = 1e-5
+  e.ode_steps = 100
   # sample quality of this many EMA samples (drawn with the sample.* settings); 0 skips it
   e.num_samples = 0
-  # FID/IS/precision-recall need the FID Inception as safetensors (README: Sample quality);
+  # FID/IS/precision-recall need the FID Inception as safetensors (docs/guides/evaluation.md);
   # without it only digits (a digits classifier's Fréchet distance) and stacked_digits (modes
   # covered of 1000 and KL to uniform, by that classifier per channel) are scored
   e.inception_weights = ""
@@ -226,9 +258,11 @@ def choices() -> dict[str, tuple]:
     "model.arch": tuple(models.ARCHITECTURES),
     "codec.name": tuple(codecs.CODECS),
     "diffusion.schedule": tuple(schedules.SCHEDULES),
-    "diffusion.prediction": preconditioning.STUDENT_PREDICTIONS,
+    "diffusion.prediction": (*preconditioning.STUDENT_PREDICTIONS, flow.PREDICTION),
     "diffusion.loss": tuple(objectives.OBJECTIVES),
     "diffusion.timestep_sampler": ("uniform", "loss_second_moment"),
+    "flow.time_sampling": flow.TIME_SAMPLINGS,
+    "flow.weighting": tuple(flow.WEIGHTINGS),
     "optim.schedule": ("constant", "cosine"),
     "train.compute_dtype": tuple(COMPUTE_DTYPES),
     "sample.sampler": tuple(samplers.SAMPLERS),
@@ -271,6 +305,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
       f"{config.diffusion.prediction!r}; use diffusion.loss in {able} or diffusion.prediction in "
       f"{list(objective.predictions)}."
     )
+  for name, entry in objectives.OBJECTIVES.items():  # another objective's own section is unread
+    if entry.section is not None and entry.section is not objective.section:
+      section, keys = entry.section
+      for key, default in keys.items():
+        if config[section][key] != default:
+          raise ValueError(
+            f"{section}.{key}={config[section][key]!r} is read only by diffusion.loss={name!r} "
+            f"and has no effect with diffusion.loss={config.diffusion.loss!r}; leave it at "
+            f"{default!r}."
+          )
   if not network.denoiser:
     # a network that samples by itself runs no sampler: a sampler option would be ignored
     defaults = default_config().sample
@@ -282,7 +326,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
           f"{key} at its default ({defaults[key]!r})."
         )
   samplers.table.check_prediction(config.sample.sampler, config.diffusion.prediction)
-  samplers.table.check_options(config.sample.sampler, config.sample)
+  samplers.table.check_options(config.sample.sampler, config.sample, config.diffusion.prediction)
   positive = (
     "data.batch_size",
     "train.num_steps",
@@ -331,6 +375,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
       f"diffusion.loss_history_size must be at least 1, got {config.diffusion.loss_history_size}."
     )
+  probability_flow.check(config)
+  if config.eval.ode_bits_per_dim and objective.bound is not None:
+    raise ValueError(
+      f"eval.ode_bits_per_dim=True adds the ODE's bits/dim beside a diffusion model's bound, and "
+      f"diffusion.loss={config.diffusion.loss!r} reports its own with eval.bits_per_dim (a flow "
+      "model's is the ODE's already); set eval.ode_bits_per_dim=False."
+    )
 
 
 def _check_built_dataset(config: ml_collections.ConfigDict) -> None:
@@ -338,6 +389,13 @@ def _check_built_dataset(config: ml_collections.ConfigDict) -> None:
   a config that disagrees would train on images its network was not built for, or look labels up
   past the end of its label table."""
   d = config.data
+  if d.folder:  # data.name is not read; the folder's images are converted to grey or RGB
+    if d.channels not in (1, 3):
+      raise ValueError(
+        f"data.channels={d.channels}: the images of data.folder are converted to 1 (grey) or 3 "
+        "(RGB) channels; set --config.data.channels to 1 or 3."
+      )
+    return
   built = data.BUILT_DATASETS.get(d.name)
   if built is None:
     return

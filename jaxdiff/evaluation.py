@@ -14,22 +14,28 @@ import numpy as np
 import tqdm
 
 from jaxdiff import data, generate, likelihood, metrics, objectives, parallel, storage
-from jaxdiff.run import RunError, make_dataset, restore_for_inference, setup
+from jaxdiff.objectives import probability_flow
+from jaxdiff.run import RunError, make_dataset, prepare_folder, restore_for_inference, setup
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
-  """The newest checkpoint's EMA model: eval.bits_per_dim → the bound on data.eval_split;
-  eval.num_samples > 0 → sample quality. One JSON line, printed and appended to metrics.jsonl."""
+  """The newest checkpoint's EMA model: eval.bits_per_dim → the bound on data.eval_split (a flow
+  model's bits/dim through its probability-flow ODE); eval.ode_bits_per_dim → a diffusion model's
+  ODE bits/dim beside its bound; eval.num_samples > 0 → sample quality. One JSON line, printed
+  and appended to metrics.jsonl."""
   run = setup(config, workdir)
-  if config.eval.bits_per_dim and not run.codec.pixel_space:
+  asked = [k for k in ("bits_per_dim", "ode_bits_per_dim") if config.eval[k]]
+  if asked and not run.codec.pixel_space:
     raise RunError(
-      f"eval.bits_per_dim is a bound on pixels, and this run diffuses in the latent space of "
-      f"codec {config.codec.name!r}; set --config.eval.bits_per_dim=False."
+      f"eval.{asked[0]} is a bound on pixels, and this run diffuses in the latent space of "
+      f"codec {config.codec.name!r}; set --config.eval.{asked[0]}=False."
     )
   step, state = restore_for_inference(run)
   result = {"step": step}
   if config.eval.bits_per_dim:
     result.update(_bits_per_dim(config, run, state))
+  if config.eval.ode_bits_per_dim:
+    result.update(_ode_bits_per_dim(config, run, state))
   if config.eval.num_samples:
     result.update(_sample_quality(config, run, state, step))
   if jax.process_index() == 0:
@@ -77,8 +83,65 @@ def _bits_per_dim(config, run, state) -> dict:
     )
     return total
 
+  bpd = _over_eval_split(config, run, state, batch_bpd)
+  return {
+    **_summary("eval_bpd", bpd),
+    "eval_examples": int(len(bpd)),
+    "eval_timesteps": None if own_bound else int(e.num_timesteps or run.schedule.num_timesteps),
+    "eval_bound": config.diffusion.loss if own_bound else "diffusion",
+    "eval_split": d.eval_split,
+    "eval_conditional": bool(config.model.class_conditional),
+  }
+
+
+def _ode_bits_per_dim(config, run, state) -> dict:
+  """Bits/dim of data.eval_split through the EMA model's probability-flow ODE (eval.ode_*), beside
+  a diffusion model's bound: the same images, the labels as the bound takes them."""
+  e = config.eval
+  parallel.check_batch_size(e.batch_size, run.mesh)
+  ode_bound = probability_flow.bound(config, run.schedule)
+
+  def batch_bpd(params, images, labels, key):
+    model = run.model_def.bind(params)
+    model.eval()
+    return ode_bound(model, images, labels, key)
+
+  bpd = _over_eval_split(config, run, state, batch_bpd)
+  return {
+    **_summary("eval_ode_bpd", bpd),
+    "eval_ode_divergence": e.ode_divergence,
+    "eval_ode_probes": e.ode_probes if e.ode_divergence != "exact" else None,
+    "eval_ode_solver": e.ode_solver,
+  }
+
+
+def _summary(name, bpd) -> dict:
+  """Mean and standard error over images of per-image bits/dim (N,), or of (N, K) Hutchinson
+  estimates averaged over their K probes; then also the spread over probes: `_probe_std`, the
+  standard deviation of one probe's estimate of one image (mean over images), and
+  `_probe_stderr`, the standard error that the probes leave in the mean (std over probes of the
+  per-probe means, / √K)."""
+  per_image = bpd.mean(axis=1) if bpd.ndim == 2 else bpd
+  out = {
+    name: float(per_image.mean()),
+    f"{name}_stderr": float(per_image.std() / np.sqrt(len(bpd))),
+  }
+  if bpd.ndim == 2:
+    probes = bpd.shape[1]
+    spread = probes > 1
+    out[f"{name}_probe_std"] = float(bpd.std(axis=1, ddof=1).mean()) if spread else None
+    out[f"{name}_probe_stderr"] = (
+      float(bpd.mean(axis=0).std(ddof=1) / np.sqrt(probes)) if spread else None
+    )
+  return out
+
+
+def _over_eval_split(config, run, state, batch_fn) -> np.ndarray:
+  """`batch_fn(params, images, labels, key)` of the EMA parameters over data.eval_split (the first
+  eval.num_examples), in batches of eval.batch_size: its per-image rows, concatenated."""
+  e, d = config.eval, config.data
   rep, batch = parallel.replicated(run.mesh), parallel.batch_sharded(run.mesh)
-  fn = jax.jit(batch_bpd, in_shardings=(None, batch, batch, rep), out_shardings=batch)
+  fn = jax.jit(batch_fn, in_shardings=(None, batch, batch, rep), out_shardings=batch)
   # Every process reads the same batches, whole, and places the rows its devices hold: batch i
   # is the same on any number of processes, and so is its key.
   dataset = make_dataset(
@@ -105,16 +168,7 @@ def _bits_per_dim(config, run, state) -> dict:
     values.append(parallel.to_host(bpd)[:count])
     if e.num_examples and sum(map(len, values)) >= e.num_examples:
       break
-  bpd = np.concatenate(values)[: e.num_examples or None]
-  return {
-    "eval_bpd": float(bpd.mean()),
-    "eval_bpd_stderr": float(bpd.std() / np.sqrt(len(bpd))),
-    "eval_examples": int(len(bpd)),
-    "eval_timesteps": None if own_bound else int(e.num_timesteps or run.schedule.num_timesteps),
-    "eval_bound": config.diffusion.loss if own_bound else "diffusion",
-    "eval_split": d.eval_split,
-    "eval_conditional": bool(config.model.class_conditional),
-  }
+  return np.concatenate(values)[: e.num_examples or None]
 
 
 def draw_samples(config, run, state, step) -> np.ndarray:
@@ -131,7 +185,7 @@ def draw_samples(config, run, state, step) -> np.ndarray:
 
 def _sample_quality(config, run, state, step) -> dict:
   e, d = config.eval, config.data
-  own_scores = _WITHOUT_INCEPTION.get(d.name)
+  own_scores = None if d.folder else _WITHOUT_INCEPTION.get(d.name)  # data.name unread then
   if not e.inception_weights and own_scores is None:
     raise RunError(
       "eval.num_samples > 0 needs eval.inception_weights (a safetensors file made by `python -m "
@@ -239,5 +293,6 @@ def _reference(config, run, model) -> metrics.ReferenceStatistics:
       )
       return np.concatenate([generate.to_uint8(b["image"]) for b in dataset])
 
-    name = f"{d.name}_{d.split}_{d.image_size}px"
+    source = f"folder{prepare_folder(config).fingerprint[:12]}" if d.folder else d.name
+    name = f"{source}_{d.split}_{d.image_size}px"
   return metrics.reference_statistics(run.workdir / "reference_stats", name, load, model=model)

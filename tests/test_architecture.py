@@ -14,7 +14,17 @@ CONFIGS = PACKAGE.parent / "configs"
 # Lowest first. A module may import from its own layer and any earlier one.
 LAYERS = [
   ["cpu"],
-  ["schedules", "diffusion", "flow", "likelihood", "guidance", "importance", "preconditioning", "samplers"],
+  [
+    "schedules",
+    "diffusion",
+    "flow",
+    "likelihood",
+    "likelihood_ode",
+    "guidance",
+    "importance",
+    "preconditioning",
+    "samplers",
+  ],
   ["models", "objectives", "metrics", "parallel", "checkpoint", "data", "storage"],
   ["config", "shipped_configs", "configs", "state", "convert", "codecs"],
   ["run"],

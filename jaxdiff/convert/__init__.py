@@ -1,6 +1,6 @@
 """Weight import from other formats into jaxdiff models."""
 
-from jaxdiff.convert.converted import load_converted
+from jaxdiff.convert.converted import folder_prediction, load_converted
 from jaxdiff.convert.diffusers_dit import (
   convert_diffusers_dit,
   dit_kwargs_from_diffusers_config,
@@ -33,6 +33,7 @@ __all__ = [
   "dit_from_state_dict",
   "dit_kwargs_from_diffusers_config",
   "dit_kwargs_from_state_dict",
+  "folder_prediction",
   "load_converted",
   "load_diffusers_dit",
   "load_diffusers_unet",

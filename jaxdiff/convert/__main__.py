@@ -11,6 +11,10 @@ diffusers-unet; the module `load_converted(DST)` returns keeps the config's scal
 lpips takes two sources, `lpips BACKBONE LINEAR DST`: torchvision's vgg16-397923af.pth and the lpips
 package's weights/v0.1/vgg.pth (needs torch), written as one safetensors file readable with
 `jaxdiff.metrics.load_lpips(DST)`.
+diffusers-dit and dit-checkpoint take `--prediction flow` for a flow-matching DiT (SiT, or a DiT
+trained with flow matching), which has the DiT's layout: DST's network_config.json then says so
+(`jaxdiff.convert.folder_prediction(DST)`); without it the folder declares nothing (the DiT
+release and diffusers' DiT predict ε).
 Every source and DST may be a local path or a bucket URL (`gs://…`, needs gcsfs; through
 `jaxdiff.storage`); an existing DST that is not an empty folder (a file, for the .safetensors
 outputs) is refused before anything is read or written.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from jaxdiff import diffusion, flow
 from jaxdiff.convert.diffusers_dit import convert_diffusers_dit
 from jaxdiff.convert.diffusers_unet import convert_diffusers_unet
 from jaxdiff.convert.diffusers_vae import convert_diffusers_vae
@@ -51,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
   original.add_argument(
     "--num-heads", type=int, help="attention heads (default: the DiT preset's of that width)"
   )
+  for parser_of_dit in (dit, original):
+    parser_of_dit.add_argument(
+      "--prediction",
+      choices=(*diffusion.PREDICTIONS, flow.PREDICTION),
+      help="what the network predicts, recorded in DST (flow: a flow-matching DiT such as SiT)",
+    )
   inception = commands.add_parser(
     "pytorch-fid-inception", help="convert pytorch-fid's FID Inception weights (needs torch)"
   )
@@ -64,8 +75,10 @@ def main(argv: list[str] | None = None) -> int:
   convert = {
     "diffusers-unet": convert_diffusers_unet,
     "diffusers-vae": convert_diffusers_vae,
-    "diffusers-dit": convert_diffusers_dit,
-    "dit-checkpoint": lambda src, dst: convert_dit_checkpoint(src, dst, num_heads=args.num_heads),
+    "diffusers-dit": lambda src, dst: convert_diffusers_dit(src, dst, prediction=args.prediction),
+    "dit-checkpoint": lambda src, dst: convert_dit_checkpoint(
+      src, dst, num_heads=args.num_heads, prediction=args.prediction
+    ),
     "pytorch-fid-inception": convert_pytorch_fid_inception,
     "lpips": lambda src, dst: convert_lpips(src, args.linear, dst),
   }[args.command]

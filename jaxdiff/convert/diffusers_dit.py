@@ -191,8 +191,11 @@ def load_diffusers_dit(path: str | os.PathLike, *, dtype=jnp.float32) -> DiT:
   return _convert_folder(path, dtype=dtype)[1]
 
 
-def convert_diffusers_dit(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-  """Convert the diffusers folder `src` into a new converted folder `dst`."""
+def convert_diffusers_dit(
+  src: str | os.PathLike, dst: str | os.PathLike, *, prediction: str | None = None
+) -> None:
+  """Convert the diffusers folder `src` into a new converted folder `dst`; `prediction` ('flow'
+  for a flow-matching DiT of the same layout) is recorded there."""
   new_output_folder(dst)  # refused before the conversion
   kwargs, model = _convert_folder(src, dtype=jnp.float32)
-  save_converted(dst, "dit", kwargs, model)
+  save_converted(dst, "dit", kwargs, model, prediction=prediction)

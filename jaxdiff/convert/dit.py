@@ -171,10 +171,16 @@ def load_dit_checkpoint(path: str | os.PathLike, **overrides) -> DiT:
 
 
 def convert_dit_checkpoint(
-  src: str | os.PathLike, dst: str | os.PathLike, *, num_heads: int | None = None
+  src: str | os.PathLike,
+  dst: str | os.PathLike,
+  *,
+  num_heads: int | None = None,
+  prediction: str | None = None,
 ) -> None:
-  """Convert the facebookresearch/DiT `.pt` file `src` into a new converted folder `dst`."""
+  """Convert the facebookresearch/DiT `.pt` file `src` into a new converted folder `dst`;
+  `prediction` ('flow' for a flow-matching DiT of the same layout) is recorded there."""
   new_output_folder(dst)  # refused before reading a multi-GB file
   tensors = read_torch_state_dict(src)
   kwargs = dit_kwargs_from_state_dict(tensors, num_heads=num_heads)
-  save_converted(dst, "dit", kwargs, load_dit_state_dict(abstract_dit(**kwargs), tensors))
+  model = load_dit_state_dict(abstract_dit(**kwargs), tensors)
+  save_converted(dst, "dit", kwargs, model, prediction=prediction)

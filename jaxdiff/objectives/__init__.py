@@ -15,8 +15,8 @@ plus one entry in `OBJECTIVES`.
 
 from __future__ import annotations
 
-from jaxdiff import preconditioning
-from jaxdiff.objectives import autoencoder, consistency, gan
+from jaxdiff import flow, preconditioning
+from jaxdiff.objectives import autoencoder, consistency, flow_matching, gan, probability_flow
 from jaxdiff.objectives.base import Objective, ObjectiveEntry
 from jaxdiff.objectives.denoising import hybrid, mse, vlb
 
@@ -57,6 +57,14 @@ OBJECTIVES: dict[str, ObjectiveEntry] = {
     check=consistency.check_training,
     uses_lpips=consistency.uses_lpips,
     trained_sigmas=consistency.ict_trained_sigmas,
+  ),
+  # flow matching (objectives/flow_matching.py): velocity of the straight path, SD3's/Flux's σ's
+  "flow_matching": ObjectiveEntry(
+    flow_matching.flow_matching,
+    predictions=(flow.PREDICTION,),
+    bound=probability_flow.bound,  # bits/dim through the probability-flow ODE
+    check=flow_matching.check,
+    section=("flow", flow_matching.DEFAULTS),
   ),
 }
 

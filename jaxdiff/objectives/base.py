@@ -57,3 +57,7 @@ class ObjectiveEntry:
   # network that knows only those (consistency training): the consistency sampler's default σ's
   # move onto them
   trained_sigmas: Callable | None = None
+  # (name, {key: default}) of a config section only this objective reads (flow matching's `flow.*`):
+  # config.default_config builds the section from it, and a config of another objective that sets
+  # one of its keys away from its default is refused (the key would be ignored)
+  section: tuple[str, dict] | None = None

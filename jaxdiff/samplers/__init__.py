@@ -7,6 +7,7 @@ from jaxdiff.samplers.consistency import consistency
 from jaxdiff.samplers.ddim import ddim, ddim_timesteps
 from jaxdiff.samplers.ddpm import ddpm
 from jaxdiff.samplers.dpm_solver import dpm_solver
+from jaxdiff.samplers.flow import flow_euler, flow_heun
 from jaxdiff.samplers.karras import euler, euler_ancestral, heun
 from jaxdiff.samplers.table import OPTIONS, SAMPLERS
 from jaxdiff.samplers.unipc import unipc
@@ -21,6 +22,8 @@ __all__ = [
   "dpm_solver",
   "euler",
   "euler_ancestral",
+  "flow_euler",
+  "flow_heun",
   "heun",
   "unipc",
 ]

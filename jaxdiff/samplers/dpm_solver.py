@@ -11,6 +11,11 @@ and the previous converted outputs.
 On a zero-terminal-SNR schedule (ᾱ_{T−1} = 0, σ = ∞, λ = −∞) the last ᾱ is taken to be 2⁻²⁴ as
 diffusers does with `rescale_betas_zero_snr` (`schedules.sigma_alphas_cumprod`); ε-prediction is
 refused there (`schedules.check_sampler_support`).
+
+A flow model (prediction 'flow') is sampled as diffusers does with `use_flow_sigmas=True,
+flow_shift=s, prediction_type='flow_prediction'`: on its shifted flow grid
+(`flow_sigmas.dpm_solver_grid`), with α = 1 − σ, σ_t = σ and x̂0 = x − σ·v, by the data-prediction
+algorithms (diffusers' 'dpmsolver' takes no flow prediction).
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdiff import schedules
+from jaxdiff import flow, schedules
 from jaxdiff.diffusion import compute_dtype
+from jaxdiff.samplers import flow_sigmas
 from jaxdiff.samplers.ddim import SPACINGS, trailing_timesteps
 from jaxdiff.samplers.loop import check_choice, run_steps
 from jaxdiff.samplers.multistep import (
@@ -29,6 +35,7 @@ from jaxdiff.samplers.multistep import (
   ORDERS,  # noqa: F401  (the sampler table reads the orders from here)
   alpha_sigma,
   check_finite,
+  check_flow_options,
   check_options,
   per_step_tables,
   predict,
@@ -121,12 +128,12 @@ def _step_orders(num_steps: int, order: int, lower_order_final: bool, final_zero
   return orders
 
 
-def _coefficients(sigmas, orders, algorithm: str, solver_type: str) -> dict:
+def _coefficients(sigmas, orders, algorithm: str, solver_type: str, flow_path=False) -> dict:
   """Per-step float64 scalars of x_next = a·x + b0·D0 + b1·D1 + b2·D2 + c·z, where D0 = m0 and
   D1_0 = (m0 − m1)/r0, D1_1 = (m1 − m2)/r1, D1 = D1_0 + k·(D1_0 − D1_1), D2 = q·(D1_0 − D1_1)
   are the finite differences of the converted outputs m (m0 the current one). A step of lower
   order has zeros for the terms it does not use, which keeps D1 = D1_0 exactly."""
-  alpha, sig = alpha_sigma(sigmas)
+  alpha, sig = alpha_sigma(sigmas, flow_path)
   # λ = +∞ at a final σ = 0; that step is first order, and its unused higher-order terms
   # (computed alongside) are inf/inf.
   with np.errstate(divide="ignore", invalid="ignore"):
@@ -204,6 +211,9 @@ def dpm_solver(
   thresholding: bool = False,
   dynamic_thresholding_ratio: float = 0.995,
   sample_max_value: float = 1.0,
+  flow_shift: float = 1.0,
+  use_dynamic_shifting: bool = False,
+  mu: float | None = None,
   key=None,
   noise=None,
   return_trajectory: bool = False,
@@ -224,6 +234,12 @@ def dpm_solver(
   Karras et al.'s. With `thresholding`, x̂0 is dynamically thresholded (pixel space only).
   `prediction` ('epsilon', 'x0', 'v') is what the model outputs; a model with learned variances
   (2C channels) has its first C used. `schedule` must be un-respaced: the solver picks its grid.
+
+  `prediction='flow'` samples a flow model (velocity v at t = σ·1000, truncated to an integer as
+  diffusers does) on diffusers' `use_flow_sigmas` grid shifted by `flow_shift` or, with
+  `use_dynamic_shifting`, by e^`mu` (`flow_sigmas.dpm_solver_grid`), landing on σ = 0;
+  `schedule` is not read (None is fine). 'dpmsolver', `spacing`, `use_karras_sigmas` and a
+  'sigma_min' final (σ of the diffusion schedule's t = 0 in diffusers) are refused there.
   """
   check_options(
     schedule,
@@ -234,6 +250,21 @@ def dpm_solver(
     prediction=prediction,
   )
   check_choice("algorithm", algorithm, ALGORITHMS)
+  flow_model = prediction == flow.PREDICTION
+  check_flow_options(
+    prediction,
+    flow_shift=flow_shift,
+    use_dynamic_shifting=use_dynamic_shifting,
+    mu=mu,
+    spacing=(spacing, "linspace"),
+    use_karras_sigmas=(use_karras_sigmas, False),
+    final_sigmas_type=(final_sigmas_type or "zero", "zero"),
+  )
+  if flow_model and algorithm == "dpmsolver":
+    raise ValueError(
+      "algorithm 'dpmsolver' (noise prediction) cannot sample a flow model, as in diffusers; "
+      "use 'dpmsolver++' or 'sde-dpmsolver++'."
+    )
   if final_sigmas_type is None:
     final_sigmas_type = "sigma_min" if algorithm == "dpmsolver" else "zero"
   if algorithm == "dpmsolver" and final_sigmas_type == "zero":
@@ -248,17 +279,22 @@ def dpm_solver(
   if stochastic and key is None and noise is None:
     raise ValueError(f"algorithm {algorithm!r} draws noise: pass key=... or noise=....")
 
-  timesteps, sigmas = dpm_solver_grid(
-    schedule,
-    num_steps,
-    spacing=spacing,
-    use_karras_sigmas=use_karras_sigmas,
-    final_sigmas_type=final_sigmas_type,
-  )
+  if flow_model:
+    timesteps, sigmas = flow_sigmas.dpm_solver_grid(
+      num_steps, shift=flow_shift, use_dynamic_shifting=use_dynamic_shifting, mu=mu
+    )
+  else:
+    timesteps, sigmas = dpm_solver_grid(
+      schedule,
+      num_steps,
+      spacing=spacing,
+      use_karras_sigmas=use_karras_sigmas,
+      final_sigmas_type=final_sigmas_type,
+    )
   orders = _step_orders(num_steps, order, lower_order_final, final_sigmas_type == "zero")
   dtype = compute_dtype(x_T)
-  tables = _coefficients(sigmas, orders, algorithm, solver_type)
-  per_step = per_step_tables(tables, sigmas, timesteps, dtype)
+  tables = _coefficients(sigmas, orders, algorithm, solver_type, flow_model)
+  per_step = per_step_tables(tables, sigmas, timesteps, dtype, flow_model)
   data_prediction = algorithm != "dpmsolver"
 
   def convert(x, x0, eps, alpha, sigma):

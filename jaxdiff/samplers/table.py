@@ -9,14 +9,17 @@ its allowed values and the validation of each option are derived from these two 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from jaxdiff import preconditioning, schedules
+from jaxdiff import flow, preconditioning, schedules
 from jaxdiff.diffusion import PREDICTIONS, VARIANCES
 from jaxdiff.samplers.consistency import check_sigmas, consistency
 from jaxdiff.samplers.ddim import SPACINGS, ddim
 from jaxdiff.samplers.ddpm import ddpm
 from jaxdiff.samplers.dpm_solver import ALGORITHMS, ORDERS, SOLVER_TYPES, dpm_solver
+from jaxdiff.samplers.flow import flow_euler, flow_heun
+from jaxdiff.samplers.flow_sigmas import TIME_SHIFT_TYPES
 from jaxdiff.samplers.karras import euler, euler_ancestral, heun
 from jaxdiff.samplers.unipc import SOLVER_TYPES as UNIPC_SOLVER_TYPES
 from jaxdiff.samplers.unipc import unipc
@@ -28,6 +31,7 @@ class Option:
   doc: str
   choices: tuple | None = None  # allowed values; None: any value of the default's type
   check: Callable[[Any], str | None] | None = None  # returns the problem in words, or None
+  kind: type | None = None  # the type of an option whose default is None (unset)
 
 
 def _unit_interval(value) -> str | None:
@@ -40,6 +44,10 @@ def _positive(value) -> str | None:
 
 def _sigmas(value) -> str | None:
   return check_sigmas(value) if len(value) else None
+
+
+def _shift(value) -> str | None:
+  return None if value > 0 else f"must be > 0 (1 is no shift, SD3 uses 3), got {value}"
 
 
 # Every option any sampler reads, as `sample.<name>` in the config.
@@ -83,6 +91,26 @@ OPTIONS: dict[str, Option] = {
     "the two (CTM's γ-sampling; samplers/consistency.py)",
     check=_unit_interval,
   ),
+  "flow_shift": Option(
+    1.0,
+    "a flow model's σ-grid shift s, σ' = sσ/(1 + (s − 1)σ) (SD3: 3; diffusers' `shift` of its "
+    "FlowMatch schedulers, `flow_shift` of UniPC and DPM-Solver with use_flow_sigmas)",
+    check=_shift,
+  ),
+  "use_dynamic_shifting": Option(
+    False, "shift a flow model's σ grid by sample.mu instead of flow_shift (Flux)"
+  ),
+  "mu": Option(
+    None,
+    "μ of the dynamic shift, required with use_dynamic_shifting (Flux: 0.5 at 256 image tokens "
+    "up to 1.15 at 4096)",
+    kind=float,
+  ),
+  "time_shift_type": Option(
+    "exponential",
+    "flow_euler's dynamic shift: 'exponential' e^μ/(e^μ + 1/σ − 1) or 'linear' μ/(μ + 1/σ − 1)",
+    choices=TIME_SHIFT_TYPES,
+  ),
 }
 
 
@@ -101,6 +129,17 @@ class Sampler:
   # what else it reads from the run, by name, as keyword arguments: 'trained_sigmas' (the σ's a
   # consistency-trained network was last trained at, from the objective table; or None)
   context: tuple[str, ...] = ()
+  # the options it reads on a flow model (diffusion.prediction='flow') where they differ from
+  # `options` (a diffusion sampler that also samples flow models on their own σ grid)
+  flow_options: tuple[str, ...] | None = None
+
+  def reads(self, prediction: str | None = None) -> tuple[str, ...]:
+    """The options it reads on a network of `prediction`; None: on any network it samples."""
+    if self.flow_options is None:
+      return self.options
+    if prediction is None:
+      return self.options + tuple(o for o in self.flow_options if o not in self.options)
+    return self.flow_options if prediction == flow.PREDICTION else self.options
 
 
 def _ddpm(model_fn, schedule, x_T, *, num_steps, **options):
@@ -112,6 +151,35 @@ def _ddpm(model_fn, schedule, x_T, *, num_steps, **options):
 
 def _unipc(model_fn, schedule, x_T, *, unipc_solver_type, **options):
   return unipc(model_fn, schedule, x_T, solver_type=unipc_solver_type, **options)
+
+
+def _flow_euler(model_fn, schedule, x_T, *, flow_shift, **options):
+  return flow_euler(model_fn, schedule, x_T, shift=flow_shift, **options)
+
+
+def _flow_heun(model_fn, schedule, x_T, *, flow_shift, **options):
+  return flow_heun(model_fn, schedule, x_T, shift=flow_shift, **options)
+
+
+def _flow_shifting(values) -> str | None:
+  """How the flow-grid options fit together: μ exactly when dynamic shifting, no fixed shift or
+  shift type that would be ignored."""
+  if not values["use_dynamic_shifting"]:
+    if values["mu"] is not None:
+      return f"sample.mu={values['mu']!r} has no effect without sample.use_dynamic_shifting=True"
+    if values["time_shift_type"] != OPTIONS["time_shift_type"].default:
+      return "sample.time_shift_type has no effect without sample.use_dynamic_shifting=True"
+    return None
+  if values["mu"] is None:
+    return (
+      "sample.use_dynamic_shifting needs sample.mu, the shift's exponent (Flux: 0.5 at 256 image "
+      "tokens up to 1.15 at 4096); set --config.sample.mu"
+    )
+  if values["flow_shift"] != OPTIONS["flow_shift"].default:
+    return "sample.flow_shift has no effect with sample.use_dynamic_shifting (sample.mu sets it)"
+  if values["time_shift_type"] == "linear" and not values["mu"] > 0:
+    return f"the linear time shift μ/(μ + 1/σ − 1) needs sample.mu > 0, got {values['mu']}"
+  return None
 
 
 def _consistency(model_fn, schedule, x_T, *, prediction, sigmas, **options):
@@ -151,6 +219,19 @@ SAMPLERS: dict[str, Sampler] = {
       "thresholding",
     ),
     True,
+    _flow_shifting,
+    PREDICTIONS + (flow.PREDICTION,),
+    flow_options=(
+      "num_steps",
+      "order",
+      "algorithm",
+      "solver_type",
+      "lower_order_final",
+      "thresholding",
+      "flow_shift",
+      "use_dynamic_shifting",
+      "mu",
+    ),
   ),
   "unipc": Sampler(
     _unipc,
@@ -162,6 +243,17 @@ SAMPLERS: dict[str, Sampler] = {
       "spacing",
       "use_karras_sigmas",
     ),
+    check=_flow_shifting,
+    predictions=PREDICTIONS + (flow.PREDICTION,),
+    flow_options=(
+      "num_steps",
+      "order",
+      "unipc_solver_type",
+      "lower_order_final",
+      "flow_shift",
+      "use_dynamic_shifting",
+      "mu",
+    ),
   ),
   "consistency": Sampler(
     _consistency,
@@ -171,25 +263,49 @@ SAMPLERS: dict[str, Sampler] = {
     preconditioning.STUDENT_PREDICTIONS,
     context=("trained_sigmas",),
   ),
+  # flow models (diffusion.prediction='flow'): diffusers' FlowMatch schedulers (samplers/flow.py)
+  "flow_euler": Sampler(
+    _flow_euler,
+    (
+      "num_steps",
+      "flow_shift",
+      "use_dynamic_shifting",
+      "mu",
+      "time_shift_type",
+      "use_karras_sigmas",
+    ),
+    check=_flow_shifting,
+    predictions=(flow.PREDICTION,),
+  ),
+  "flow_heun": Sampler(
+    _flow_heun, ("num_steps", "flow_shift"), check=_flow_shifting, predictions=(flow.PREDICTION,)
+  ),
 }
 
 
-def check_options(name: str, values: Mapping[str, Any]) -> None:
+def check_options(name: str, values: Mapping[str, Any], prediction: str | None = None) -> None:
   """ValueError naming the first `sample.*` value the sampler `name` does not accept, or an option
-  it does not read set away from its default (it would be silently ignored)."""
+  it does not read (on a network of `prediction`, if given) set away from its default (it would
+  be silently ignored)."""
   if name not in SAMPLERS:
     raise ValueError(f"sample.sampler must be one of {list(SAMPLERS)}, got {name!r}.")
+  sampler = SAMPLERS[name]
   for option, spec in OPTIONS.items():
     value = values[option]
     if isinstance(value, list):  # a config read back from a workdir's config.json
       value = tuple(value)
-    if option not in SAMPLERS[name].options:
-      if value != spec.default:
+    if option not in sampler.reads(prediction):
+      if value == spec.default:
+        continue
+      if option in sampler.reads():  # read on networks of another prediction only
         raise ValueError(
-          f"sample.{option}={value!r} has no effect with sample.sampler={name!r}; samplers that "
-          f"read it: {[n for n, s in SAMPLERS.items() if option in s.options]}."
+          f"sample.{option}={value!r} has no effect with sample.sampler={name!r} on a network "
+          f"of diffusion.prediction={prediction!r}; leave it at {spec.default!r}."
         )
-      continue
+      raise ValueError(
+        f"sample.{option}={value!r} has no effect with sample.sampler={name!r}; samplers that "
+        f"read it: {[n for n, s in SAMPLERS.items() if option in s.reads()]}."
+      )
     if spec.choices is not None and value not in spec.choices:
       raise ValueError(f"sample.{option} must be one of {list(spec.choices)}, got {value!r}.")
     problem = spec.check(value) if spec.check else None
@@ -225,7 +341,7 @@ def run(
   the run's facts it names in `Sampler.context` taken from `context` (None when absent)."""
   check_prediction(name, prediction)
   sampler = SAMPLERS[name]
-  chosen = {option: options[option] for option in sampler.options}
+  chosen = {option: options[option] for option in sampler.reads(prediction)}
   chosen |= {fact: (context or {}).get(fact) for fact in sampler.context}
   if sampler.takes_key:
     chosen["key"] = key

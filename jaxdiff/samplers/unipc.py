@@ -13,6 +13,10 @@ Every coefficient, including UniP's and UniC's small linear solves, depends only
 they are computed before the loop in NumPy float64. Each update is written on the differences
 m_k − m_0 of converted outputs, as in the paper; a step that uses fewer outputs, or has no
 corrector, has exact zeros for the terms it does not use.
+
+A flow model (prediction 'flow') is sampled as diffusers does with `use_flow_sigmas=True,
+flow_shift=s, prediction_type='flow_prediction'`: on its shifted flow grid
+(`flow_sigmas.unipc_grid`), with α = 1 − σ, σ_t = σ and x̂0 = x − σ·v.
 """
 
 from __future__ import annotations
@@ -22,13 +26,16 @@ from collections.abc import Callable
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdiff import flow
 from jaxdiff.diffusion import compute_dtype
+from jaxdiff.samplers import flow_sigmas
 from jaxdiff.samplers.dpm_solver import dpm_solver_grid
 from jaxdiff.samplers.loop import check_choice, run_steps
 from jaxdiff.samplers.multistep import (
   FINAL_SIGMAS,
   alpha_sigma,
   check_finite,
+  check_flow_options,
   check_options,
   per_step_tables,
   predict,
@@ -120,12 +127,14 @@ def _update(lam, alpha, sig, j, p, *, predict_x0, solver_type, corrector):
   return a, b, d, t
 
 
-def _coefficients(sigmas, orders, corrected, *, order, predict_x0, solver_type) -> dict:
+def _coefficients(
+  sigmas, orders, corrected, *, order, predict_x0, solver_type, flow_path=False
+) -> dict:
   """Per-step float64 tables. Step i: x = ce·x_pred + ca·x_last + cb·m_{i−1}
   + Σ_k cd_k·(m_{i−1−k} − m_{i−1}) + ct·(m_i − m_{i−1}) (the corrector, or x = x_pred where it is
   off), then x_next = pa·x + pb·m_i + Σ_k pd_k·(m_{i−k} − m_i) (the predictor)."""
   n = len(orders)
-  alpha, sig = alpha_sigma(sigmas)
+  alpha, sig = alpha_sigma(sigmas, flow_path)
   names = ["ce", "ca", "cb", "ct", "pa", "pb"]
   names += [f"{kind}{k}" for kind in ("cd", "pd") for k in range(1, order)]
   table = {name: np.zeros(n) for name in names}
@@ -183,6 +192,9 @@ def unipc(
   final_sigmas_type: str | None = None,
   prediction: str = "epsilon",
   disable_corrector=(),
+  flow_shift: float = 1.0,
+  use_dynamic_shifting: bool = False,
+  mu: float | None = None,
   return_trajectory: bool = False,
 ):
   """Samples x_0 from x_T with `num_steps` UniPC steps (one model call each).
@@ -201,6 +213,12 @@ def unipc(
   model with learned variances (2C channels) has its first C used. `schedule` must be
   un-respaced: the solver picks its own grid. Returns x_0, or with `return_trajectory` the
   predictor's x after every step, (num_steps, *x_T.shape).
+
+  `prediction='flow'` samples a flow model (velocity v at t = σ·1000, truncated to an integer as
+  diffusers does) on diffusers' `use_flow_sigmas` grid shifted by `flow_shift` or, with
+  `use_dynamic_shifting`, by e^`mu` (`flow_sigmas.unipc_grid`); `schedule` is not read (None is
+  fine), 'sigma_min' is the last grid σ, and `spacing`, `use_karras_sigmas` and `predict_x0=False`
+  (which diffusers does not run on a flow model) are refused.
   """
   check_options(
     schedule,
@@ -210,30 +228,62 @@ def unipc(
     solver_types=SOLVER_TYPES,
     prediction=prediction,
   )
+  flow_model = prediction == flow.PREDICTION
+  check_flow_options(
+    prediction,
+    flow_shift=flow_shift,
+    use_dynamic_shifting=use_dynamic_shifting,
+    mu=mu,
+    spacing=(spacing, "linspace"),
+    use_karras_sigmas=(use_karras_sigmas, False),
+  )
+  if flow_model and not predict_x0:
+    raise ValueError(
+      "predict_x0=False (UniPC on ε̂) cannot sample a flow model, as in diffusers; use "
+      "predict_x0=True."
+    )
   disabled = tuple(disable_corrector)
   if not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in disabled):
     raise ValueError(f"disable_corrector must list step indices (ints), got {disable_corrector!r}.")
   # Checked here too so that the order rule below sees a valid step count.
-  check_num_steps(num_steps, schedule.num_train_timesteps)
+  if flow_model:
+    flow_sigmas.check_num_steps(num_steps)
+  else:
+    check_num_steps(num_steps, schedule.num_train_timesteps)
 
   orders = _step_orders(num_steps, order, lower_order_final)
   final_sigmas_type = _resolve_final_sigma(
     final_sigmas_type, predict_x0=predict_x0, last_order=int(orders[-1])
   )
-  timesteps, sigmas = unipc_grid(
-    schedule,
-    num_steps,
-    spacing=spacing,
-    use_karras_sigmas=use_karras_sigmas,
-    final_sigmas_type=final_sigmas_type,
-  )
+  if flow_model:
+    timesteps, sigmas = flow_sigmas.unipc_grid(
+      num_steps,
+      shift=flow_shift,
+      use_dynamic_shifting=use_dynamic_shifting,
+      mu=mu,
+      final_sigmas_type=final_sigmas_type,
+    )
+  else:
+    timesteps, sigmas = unipc_grid(
+      schedule,
+      num_steps,
+      spacing=spacing,
+      use_karras_sigmas=use_karras_sigmas,
+      final_sigmas_type=final_sigmas_type,
+    )
   # Step i corrects the point step i − 1's predictor reached, unless i − 1 is disabled.
   corrected = [i > 0 and (i - 1) not in disabled for i in range(num_steps)]
   tables = _coefficients(
-    sigmas, orders, corrected, order=order, predict_x0=predict_x0, solver_type=solver_type
+    sigmas,
+    orders,
+    corrected,
+    order=order,
+    predict_x0=predict_x0,
+    solver_type=solver_type,
+    flow_path=flow_model,
   )
   dtype = compute_dtype(x_T)
-  per_step = per_step_tables(tables, sigmas, timesteps, dtype)
+  per_step = per_step_tables(tables, sigmas, timesteps, dtype, flow_model)
 
   def step(carry, s, _):
     # x_pred: where the last predictor landed (the model is called there); x_last: the
