@@ -14,12 +14,15 @@ import jax
 import ml_collections
 import numpy as np
 from etils import epath
+from flax import nnx
 
 from jaxdiff import codecs, data, metrics, models, objectives, parallel, schedules, storage
 from jaxdiff import state as state_lib
 from jaxdiff.checkpoint import Checkpointer, abstract, finished_steps, read_latest
 from jaxdiff.codecs import cache as latent_cache
 from jaxdiff.config import default_config, validate
+from jaxdiff.convert import matching
+from jaxdiff.convert.converted import CONFIG_FILE, LEGACY_CONFIG_FILE
 
 
 class RunError(RuntimeError):
@@ -124,11 +127,13 @@ def network_spec(config: ml_collections.ConfigDict, codec: codecs.Codec) -> mode
   )
 
 
-def build(config: ml_collections.ConfigDict, *, teacher=None) -> Components:
+def build(config: ml_collections.ConfigDict, *, teacher=None, initial=None) -> Components:
   """The components of a run with this config, its state fresh from the config's seed.
 
   An objective that distils (`ObjectiveEntry.needs_teacher`) starts from `teacher`, the parameters
   `read_teacher` returns; without them its state has the right shapes only, to restore into.
+  `initial`, the parameters `read_init_from` returns, replaces the random ones (EMA, the
+  objective's extra sets and the fresh optimizer state start from them).
   """
   schedule = schedules.make(
     config.diffusion.schedule,
@@ -149,8 +154,13 @@ def build(config: ml_collections.ConfigDict, *, teacher=None) -> Components:
     lpips = _read_lpips(config)
   objective = objectives.build(config, schedule, teacher=teacher, lpips=lpips)
   tx = state_lib.make_optimizer(config, objective.update_scales)
+  init_params = objective.init_params
+  if initial is not None:  # read_init_from refused an objective with init_params of its own
+    init_params = lambda params: jax.tree.map(
+      lambda p, value: value.astype(p.dtype), params, initial
+    )
   model_def, state = state_lib.create(
-    config, tx, spec, init_extra=objective.init_extra, init_params=objective.init_params
+    config, tx, spec, init_extra=objective.init_extra, init_params=init_params
   )
   return Components(config, schedule, codec, spec, objective, tx, model_def, state)
 
@@ -271,13 +281,63 @@ def read_teacher(config: ml_collections.ConfigDict):
   return read[1]["ema_params"]
 
 
+# What a workdir named by init_from shares with the run it starts: the network (but for the keys
+# that do not change what its parameters mean), the diffusion space and what the network predicts.
+_INIT_FIXED = ("model", "codec.name", "data.image_size", "data.channels", "diffusion.prediction")
+_INIT_FREE = tuple(f"model.{k}" for k in ("class_dropout", *matching.NOT_THE_NETWORK))
+
+
+def read_init_from(config: ml_collections.ConfigDict):
+  """The parameters `init_from` names, checked against this run's network (one sentence naming
+  the first difference otherwise): a converted folder's (`python -m jaxdiff.convert`), or the
+  newest EMA parameters of a jaxdiff workdir with this network, diffusion space and prediction."""
+  source = storage.path(config.init_from, what="init_from")
+  objective = objectives.OBJECTIVES[config.diffusion.loss]
+  if objective.needs_teacher:
+    raise RunError(
+      f"diffusion.loss={config.diffusion.loss!r} starts its student from the teacher "
+      "(teacher.workdir); leave init_from empty, or give it to the teacher's run."
+    )
+  spec = network_spec(config, codecs.shape(config))  # the codec's config file, no weights
+  if (source / CONFIG_FILE).is_file() or (source / LEGACY_CONFIG_FILE).is_file():
+    matching.check_converted(config.init_from, config, spec)
+    like = nnx.state(models.abstract(config.model, spec), nnx.Param)
+    return matching.read_converted(config.init_from, like)
+  if not (source / "config.json").is_file():
+    raise RunError(
+      f"init_from={config.init_from} is neither a converted folder ({CONFIG_FILE}, written by "
+      "python -m jaxdiff.convert) nor a jaxdiff workdir (config.json + checkpoints/)."
+    )
+  theirs, ours = _flatten(saved_config(source).to_dict()), _flatten(config.to_dict())
+  keys = [k for k in ours if _fixed(k, _INIT_FIXED) and k not in _INIT_FREE]
+  if config.model.class_conditional:
+    keys.append("data.num_classes")
+  for key in sorted(keys):
+    if theirs.get(key) != ours[key]:
+      raise RunError(
+        f"the run in init_from={config.init_from} has {key}={theirs.get(key)!r} and this config "
+        f"{ours[key]!r}; start from a run of this network or use its settings."
+      )
+  abstract_params = nnx.state(models.abstract(config.model, spec), nnx.Param)
+  read = read_latest(source / "checkpoints", {"ema_params": abstract_params})
+  if read is None:
+    raise RunError(
+      f"the run in init_from={config.init_from} has no checkpoint yet; train it first or name "
+      "another."
+    )
+  return read[1]["ema_params"]
+
+
 def _has_checkpoints(workdir: epath.Path) -> bool:
   # finished ones only: in a bucket a step folder exists while it is being written
   return bool(finished_steps(workdir / "checkpoints"))
 
 
-def setup(config: ml_collections.ConfigDict, workdir) -> Run:
+def setup(config: ml_collections.ConfigDict, workdir, *, prepare_data: bool = True) -> Run:
   """Validates the config, checks it against the workdir's, and builds the run on its mesh.
+
+  `data.folder` is checked and prepared here, before the workdir is made, unless
+  `prepare_data=False` (sampling, which reads no images).
 
   A distillation's teacher is read (and checked) only when the workdir has no checkpoint yet: a
   resumed run, or sampling, restores the teacher's copy in the checkpoint instead.
@@ -291,12 +351,18 @@ def setup(config: ml_collections.ConfigDict, workdir) -> Run:
   ):
     if value:
       storage.path(value, what=what)  # a URL nobody serves: one sentence before anything is made
-  teacher = None
+  teacher = initial = None
   if objectives.OBJECTIVES[config.diffusion.loss].needs_teacher and not _has_checkpoints(workdir):
     teacher = read_teacher(config)
   _check_workdir_config(workdir, config)
+  if config.data.folder and prepare_data:
+    prepare_folder(config)  # a bad folder ends here, before the workdir is made
+  if config.init_from and not _has_checkpoints(workdir):
+    initial = read_init_from(config)
+  elif config.init_from and jax.process_index() == 0:
+    print(f"init_from is not read: {workdir} has checkpoints already, and the newest is resumed")
   mesh = parallel.make_mesh(config.train.num_devices, fsdp=config.train.fsdp)
-  parts = build(config, teacher=teacher)
+  parts = build(config, teacher=teacher, initial=initial)
   workdir.mkdir(parents=True, exist_ok=True)
   if not (workdir / "config.json").exists():
     (workdir / "config.json").write_text(config.to_json(indent=2))
@@ -309,6 +375,11 @@ def setup(config: ml_collections.ConfigDict, workdir) -> Run:
   frozen = parallel.put(parts.objective.frozen_params, rep)
   objective = dataclasses.replace(parts.objective, frozen_params=frozen)
   checkpointer = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+  if initial is not None:  # checkpoint 0: from here on the workdir is a run like any other
+    checkpointer.save(0, state, force=True)
+    checkpointer.wait()
+    if jax.process_index() == 0:
+      print(f"initialised {workdir} from init_from={config.init_from}: checkpoint 0 saved")
   fields = {f.name: getattr(parts, f.name) for f in dataclasses.fields(Components)}
   placed = {"state": state, "codec": codec, "objective": objective}
   return Run(**{**fields, **placed}, workdir=workdir, mesh=mesh, checkpointer=checkpointer)
@@ -326,6 +397,16 @@ def restore_for_inference(run: Run):
   return step, state
 
 
+def prepare_folder(config: ml_collections.ConfigDict) -> data.Prepared:
+  """`data.folder`'s prepared copy in `data.data_dir` (data/folder.py), built when missing or
+  when the folder changed; checked once per process."""
+  d = config.data
+  return data.prepare_folder(
+    d.folder, d.data_dir, image_size=d.image_size, channels=d.channels,
+    num_classes=d.num_classes, class_conditional=config.model.class_conditional,
+  )  # fmt: skip
+
+
 def make_dataset(
   config: ml_collections.ConfigDict,
   split: str,
@@ -339,13 +420,19 @@ def make_dataset(
 ):
   """The config's dataset; training's batch size and flips unless given."""
   d = config.data
-  data.prepare_if_built(d.name, d.data_dir)  # jaxdiff's own datasets: built on first use
+  if d.folder:
+    prepared = prepare_folder(config)
+    data.require_split(prepared, d.folder, split)
+    name, data_dir = prepared.name, prepared.data_dir
+  else:
+    data.prepare_if_built(d.name, d.data_dir)  # jaxdiff's own datasets: built on first use
+    name, data_dir = d.name, d.data_dir
   return data.make_dataset(
-    name=d.name,
+    name=name,
     split=split,
     batch_size=batch_size or d.batch_size,
     drop_remainder=drop_remainder,
-    data_dir=d.data_dir,
+    data_dir=data_dir,
     image_size=d.image_size,
     random_flip=d.random_flip if random_flip is None else random_flip,
     seed=config.seed,
@@ -374,7 +461,7 @@ def training_dataset(run: Components):
     )  # fmt: skip
 
   key = {
-    "dataset": d.name,
+    "dataset": f"folder:{prepare_folder(config).fingerprint}" if d.folder else d.name,
     "split": d.split,
     "image_size": d.image_size,
     "channels": d.channels,

@@ -41,7 +41,7 @@ def sample(config: ml_collections.ConfigDict, workdir) -> epath.Path:
   stopped and draws the same images (batch b uses fold_in(key, b), see generate.Generator.batch).
   Every process draws its devices' rows of each batch; process 0 writes the files.
   """
-  run = setup(config, workdir)
+  run = setup(config, workdir, prepare_data=False)  # no images are read: data.folder may be gone
   step, state = restore_for_inference(run)
   s, d = config.sample, config.data
   out_dir = run.workdir / "samples" / output_name(config, step)

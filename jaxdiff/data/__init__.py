@@ -1,6 +1,9 @@
-"""TFDS datasets (the `digits` and `stacked_digits` builders) and the grain input pipeline."""
+"""TFDS datasets (the `digits` and `stacked_digits` builders, a folder of images prepared as one)
+and the grain input pipeline."""
 
 from jaxdiff.data.digits import Digits, ensure_digits_prepared
+from jaxdiff.data.folder import FolderError, Prepared, require_split
+from jaxdiff.data.folder import prepare as prepare_folder
 from jaxdiff.data.latent_records import make_latent_dataset, write_records
 from jaxdiff.data.pipeline import (
   BUILT_DATASETS,
@@ -19,6 +22,8 @@ __all__ = [
   "BuiltDataset",
   "DatasetNotPreparedError",
   "Digits",
+  "FolderError",
+  "Prepared",
   "StackedDigits",
   "ensure_digits_prepared",
   "ensure_stacked_digits_prepared",
@@ -27,6 +32,8 @@ __all__ = [
   "make_global_batch",
   "make_latent_dataset",
   "open_source",
+  "prepare_folder",
   "prepare_if_built",
+  "require_split",
   "write_records",
 ]
