@@ -19,6 +19,17 @@ command line; its scale 0.18215 comes with the converted folder:
         --config.autoencoder.path=converted/sd-vae-ft-ema
 
 Without `autoencoder.path` the run stops with one sentence saying so, before any work.
+
+The released DiT-XL/2 (256×256) is this config's network: converted once
+(`python -m jaxdiff.convert dit-checkpoint DiT-XL-2-256x256.pt converted/DiT-XL-2-256`), one command
+draws the paper's FID-50K samples from it (the `sample.*` settings below) without the dataset, into
+the workdir's samples/step0_ddpm250_guidance1.5_seed0_*/samples_50000x256x256x3.npz
+(docs/guides/published_checkpoints.md):
+
+    python -m jaxdiff.main --config=configs/imagenet256_dit.py --mode=sample \\
+        --workdir=runs/dit-xl-2-256-released --config.init_from=converted/DiT-XL-2-256 \\
+        --config.autoencoder.path=converted/sd-vae-ft-ema
+
 Scale: `--config.train.fsdp=N` splits the weights by their logical axes, `model.remat=full` and
 `train.compute_dtype=bfloat16` (float32 parameters) fit the batch on smaller accelerators.
 """

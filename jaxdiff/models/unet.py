@@ -344,6 +344,14 @@ class UNetConfig:
   use_scale_shift_norm: bool = False
   resample_with_conv: bool = True
   patch_size: int = 1  # >1 folds p×p pixel patches into channels (p² less compute)
+  # Where diffusers' UNet2DModel configs differ from DDPM's original (the defaults here), so that a
+  # converted diffusers U-Net (`init_from`) is a config too: the downsampling conv's padding, the
+  # timestep sinusoids' order (cos first) and frequency shift, GroupNorm's eps and group count.
+  downsample_padding: int = 0
+  flip_sin_to_cos: bool = False
+  freq_shift: float = 1.0
+  norm_eps: float = 1e-6
+  norm_groups: int = 32
   # activation rematerialization per res/attention block: '' off, 'full' (keep only block
   # inputs), 'dots' (keep conv/matmul outputs, recompute norms and activations)
   remat: str = ""
@@ -368,6 +376,11 @@ def build_unet(config: UNetConfig, spec, rngs: nnx.Rngs) -> UNet:
     learn_sigma=spec.learn_sigma,
     use_scale_shift_norm=config.use_scale_shift_norm,
     resample_with_conv=config.resample_with_conv,
+    downsample_padding=config.downsample_padding,
+    flip_sin_to_cos=config.flip_sin_to_cos,
+    freq_shift=config.freq_shift,
+    norm_eps=config.norm_eps,
+    norm_groups=config.norm_groups,
     patch_size=config.patch_size,
     remat=config.remat,
     dtype=spec.dtype,
