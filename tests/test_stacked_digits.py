@@ -194,3 +194,35 @@ def test_config_is_the_digits_recipe_unconditional_and_its_train_step_traces(dat
   global_batch = data.make_global_batch(host, parallel.stacked_batch_sharded(mesh))
   _, out = jax.eval_shape(fn, state, global_batch, None)
   assert out["loss"].shape == (1,)
+
+
+def test_the_stacked_digits_gan_in_bf16_runs_every_mode_on_two_processes_as_on_one(
+  tmp_path, data_dir
+):
+  """The GAN through the front door as a cluster runs it: 2 processes × 4 devices, bfloat16
+  activations, parameters split in 2 (FSDP); train with its grid, sample, eval (modes and KL on
+  the eval samples) equal to one process of 8 devices."""
+  from cluster import every_mode, same_as_one_process
+
+  config = REPO / "configs" / "stacked_digits_gan.py"
+  overrides = {
+    "data.data_dir": data_dir,
+    "data.batch_size": 16,
+    "model.latent_dim": 8,
+    "model.generator_channels": 16,
+    "model.discriminator_channels": 8,
+    "train.num_steps": 4,
+    "train.steps_per_call": 2,
+    "train.checkpoint_every": 4,
+    "train.log_every": 2,
+    "train.sample_every": 4,
+    "train.fsdp": 2,
+    "train.compute_dtype": "bfloat16",
+    "sample.num_samples": 12,
+    "sample.batch_size": 6,
+    "eval.num_samples": 12,
+  }
+  npz, result = every_mode(config, tmp_path / "run", overrides)
+  assert np.load(npz)["arr_0"].shape == (12, 16, 16, 3)
+  assert result["eval_samples"] == 12 and 1 <= result["modes"] <= 12
+  same_as_one_process(config, overrides, tmp_path / "run", tmp_path, npz, result)
