@@ -5,7 +5,7 @@ variance interpolation v (learn_sigma), trained by L_hybrid = L_simple + 0.001·
 stop-gradient on the mean; the likelihood bound and DDPM sampling (`--config.sample.sampler=ddpm`)
 use the learned variances. It samples with 50 DDIM steps on the 'leading' grid (the digits
 default's sampler when this config was made; at η = 0 DDIM does not use the variance).
-Compare the test-split bound of the two with `--mode=eval` (see README).
+Compare the test-split bound of the two with `--mode=eval` (see docs/guides/bits_per_dim.md).
 """
 
 import pathlib

@@ -158,4 +158,4 @@ plt.show()
 # considered, the posterior variance β̃_t and β_t (log Σ = frac · log β_t + (1 − frac) · log β̃_t).
 # The two only differ by much near t = 0, where the bound's terms are largest. Learned variances
 # are also what lets DDPM sample well in fewer steps: `sample.variance=learned_range` with
-# `sample.sampler=ddpm` uses them (see README, "Training and sampling").
+# `sample.sampler=ddpm` uses them (see docs/guides/training.md).

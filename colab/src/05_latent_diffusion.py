@@ -345,7 +345,7 @@ else:
 # ## Next
 #
 # - The real runs: set `QUICK = False` (1000 autoencoder steps, 800 latent steps), or on the
-#   command line, the five commands of README's "Latent diffusion and the VAE".
+#   command line, the five commands of docs/guides/latent.md.
 # - `python benchmarks/vae_vs_diffusion.py --pixel=… --vae=… --latent=…` scores the VAE, pixel
 #   diffusion and latent diffusion on 1000 samples each.
 # - A latent run works with the DiT as with the U-Net; notebook 06 trains a DiT on pixels and

@@ -156,5 +156,5 @@ plt.show()
 #
 # - `python benchmarks/consistency_nfe.py --teacher=… --cd=… --ict=…` scores the teacher (DDIM-50,
 #   UniPC), CD in 1, 2 and 4 steps and iCT in 1 and 2 on 1000 samples each.
-# - README's "Consistency models" lists the `consistency.*` options: the grid, the distance, the
+# - docs/guides/consistency.md lists the `consistency.*` options: the grid, the distance, the
 #   teacher's solver and guidance.

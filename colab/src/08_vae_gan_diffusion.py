@@ -470,5 +470,5 @@ else:
 # - Notebook 05 looks inside the VAE (reconstructions, latents, its ELBO split into its two terms)
 #   and turns it into latent diffusion; notebook 07 distils a diffusion model into the one-step
 #   student the benchmark's last row uses.
-# - README's "GANs, and the VAE/GAN/diffusion comparison" and "Stacked digits" list the GAN's
+# - docs/guides/vae_gan_diffusion.md lists the GAN's
 #   options (`gan.*`) and the mode counter's.
