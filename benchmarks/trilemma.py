@@ -2,6 +2,7 @@
 
     python benchmarks/trilemma.py --out=runs/trilemma            # the full run (~60 min, 2 cores)
     python benchmarks/trilemma.py --out=runs/trilemma --quick    # every row at toy budgets (~5 min)
+    python benchmarks/trilemma.py --out=runs/mine --workdir GAN=runs/gan --sweep-seconds=0  # your runs
     python benchmarks/trilemma.py --out=runs/trilemma --data=digits   # the same on the digits
 
 Trains, with jaxdiff's own configs, one run of each family — the VAE (its prior samples), the GAN,
@@ -31,6 +32,11 @@ The GAN gets what its literature uses: R1, an EMA generator, Adam β₁ = 0, and
 discriminator/generator learning-rate ratio (1, 2, 4) at the sweep budget, the best of which
 (lowest Fréchet distance) is what the headline and the stability rows use. Prints one JSON line per
 result, a markdown table, and writes a figure (quality vs coverage vs speed) with --figure.
+
+--quick: 8 s of training per run, 300 samples (200 in the sweep), bits/dim on 16 test images, one
+seed × 2 learning rates (the headline run is the sweep's 1× run), the GAN at its config's ratio
+(no ratio sweep), one step per call, calibration in this process (no peak RSS) and JAX's
+persistent compilation cache in OUT/compile_cache: every row, and numbers that say nothing.
 """
 
 from __future__ import annotations
@@ -136,26 +142,30 @@ def _calibration_child(config, workdir: str, steps: int, cache) -> dict:
   return {"rates": rates, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def calibrate(config, workdir: pathlib.Path, calls: int = 5, cache=None) -> dict:
+def calibrate(config, workdir: pathlib.Path, calls: int = 5, cache=None, here=False) -> dict:
   """The family's training rate after compilation, from a calibration run of `calls` calls in a
   process of its own: the fastest call after the first (the least disturbed by anything else on
-  the machine, so budgets are fair when it is busy), the first call's extra time (compilation and the input pipeline's start),
-  and the process's peak RSS."""
+  the machine, so budgets are fair when it is busy), the first call's extra time (compilation and
+  the input pipeline's start), and the process's peak RSS. `here` (--quick): in this process,
+  without the peak RSS, which would be this process's."""
   import concurrent.futures
   import multiprocessing
 
   shutil.rmtree(workdir, ignore_errors=True)
   per_call = config.train.steps_per_call
-  context = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-    out = pool.submit(_calibration_child, config.copy_and_resolve_references(), str(workdir),
-                      calls * per_call, cache).result()  # fmt: skip
+  arguments = (config.copy_and_resolve_references(), str(workdir), calls * per_call, None)
+  if here:
+    out = _calibration_child(*arguments)
+  else:
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+      out = pool.submit(_calibration_child, *arguments[:3], cache).result()
   shutil.rmtree(workdir, ignore_errors=True)
   rate = max(out["rates"][1:])
   return {
     "steps_per_sec": rate,
     "train_compile_s": per_call / out["rates"][0] - per_call / rate,
-    "train_peak_rss_mb": out["peak_rss_mb"],
+    "train_peak_rss_mb": None if here else out["peak_rss_mb"],
   }
 
 
@@ -291,10 +301,11 @@ def main():
     given[name] = pathlib.Path(folder)
   quick = args.quick
   seconds = args.seconds or (8 if quick else 180)
-  sweep_seconds = (4 if quick else 30) if args.sweep_seconds is None else args.sweep_seconds
-  samples = args.samples or (500 if quick else 10_000)
+  # --quick: the sweep's budget is the headline's, whose run is then the sweep's first (seed 0, 1×)
+  sweep_seconds = (8 if quick else 30) if args.sweep_seconds is None else args.sweep_seconds
+  samples = args.samples or (300 if quick else 10_000)
   sweep_samples = args.sweep_samples or (200 if quick else 1_000)
-  bpd_examples = 32 if quick else args.bpd_examples
+  bpd_examples = 16 if quick else args.bpd_examples
   seeds, lr_factors = ((0,), (1.0, 2.0)) if quick else ((0, 1, 2), (1.0, 2.0))
   # --quick: one step per call (its programs compile several times faster than a scan of 4; the
   # steps are the same) and one compilation per program (the persistent cache)
@@ -320,18 +331,18 @@ def main():
       wanted["teacher.workdir"] = str(headline["pixel diffusion"])
     return make_config(family, args.data, wanted)
 
-  rates, headline, rows = {}, {}, []
+  rates, headline, rows, headline_runs = {}, {}, [], {}
 
   def rate_of(name, config):
     if "steps_per_sec" not in rates.get(name, {}):
-      rates[name] = calibrate(config, args.out / "calibrate", cache=cache)
+      rates[name] = calibrate(config, args.out / "calibrate", cache=cache, here=quick)
       print(json.dumps({"calibration": name, **rates[name]}), flush=True)
     return rates[name]["steps_per_sec"]
 
   # the GAN's ratio sweep first, at the sweep budget: the best ratio is the GAN's from then on
-  # (a GAN workdir given keeps its own; no sweep budget, no sweep)
+  # (a GAN workdir given keeps its own; no sweep budget or --quick, no sweep: the config's ratio)
   ratio_scores = {}
-  ratios = () if "GAN" in given or not sweep_seconds else GAN_RATIOS[:2] if quick else GAN_RATIOS
+  ratios = () if "GAN" in given or not sweep_seconds or quick else GAN_RATIOS
   for ratio in ratios:
     workdir = args.out / f"gan_ratio{ratio:g}"
     result = train(config_of("GAN", headline, **{"gan.discriminator_lr_ratio": ratio}), workdir,
@@ -367,6 +378,8 @@ def main():
     }
     print(json.dumps(row), flush=True)
     rows.append(row)
+    if name not in given:
+      headline_runs[name] = (config.seed, result, images)
     np.savez(args.out / f"{workdir.name}_samples.npz", images)
 
   # stability: seeds × learning rates at the sweep budget
@@ -384,8 +397,16 @@ def main():
           **extra.get(name, {}),
         )
         workdir = args.out / "sweep" / f"{row['model'].split(' ')[0].lower()}_s{seed}_lr{factor:g}"
-        result = train(config, workdir, sweep_seconds, rate_of(name, config))
-        scored = judge(draw(workdir, sweep_samples)[0]) if not result["failed"] else {}
+        if name in headline_runs and (seed, factor, sweep_seconds) == (
+          headline_runs[name][0],
+          1.0,
+          seconds,
+        ):  # this run is the headline's: scored on its first samples
+          result, images = headline_runs[name][1:]
+          scored = judge(images[:sweep_samples]) if not result["failed"] else {}
+        else:
+          result = train(config, workdir, sweep_seconds, rate_of(name, config))
+          scored = judge(draw(workdir, sweep_samples)[0]) if not result["failed"] else {}
         runs.append({"seed": seed, "lr_factor": factor, **result, **scored})
         print(json.dumps({"sweep": name, **runs[-1]}), flush=True)
         shutil.rmtree(workdir, ignore_errors=True)
@@ -410,7 +431,8 @@ def main():
     spread = (
       "—" if r.get("stability_fd_spread") is None else "%.2f–%.2f" % tuple(r["stability_fd_spread"])
     )
-    training = ("%.1f (%.0f, %.0f)" % (r["steps_per_sec"], r["train_compile_s"], r["train_peak_rss_mb"])
+    rss = "—" if r.get("train_peak_rss_mb") is None else "%.0f" % r["train_peak_rss_mb"]
+    training = ("%.1f (%.0f, %s)" % (r["steps_per_sec"], r["train_compile_s"], rss)
                 if "steps_per_sec" in r else "given")  # fmt: skip
     modes = f"| {r['modes']} | {r['kl_to_uniform']:.3f} " if judge.modes else ""
     bpd = "none" if r["bits_per_dim"] is None else f"{r['bits_per_dim']:.3f}"
