@@ -79,16 +79,18 @@ COUNT = 100 if QUICK else 250  # samples per point; ≤ 270 so that real test di
 BATCH = 100 if QUICK else 250
 
 
-def draw(sampler, options, num_steps):
-  """COUNT samples of the EMA model, through the one generation path --mode=sample uses."""
-  c = config.copy_and_resolve_references()
-  for name, option in samplers.OPTIONS.items():  # the digits default's UniPC options, reset
+def draw(sampler, options, num_steps, model=None):
+  """COUNT samples of the EMA model (the one above unless `model` = (config, run, step, state)),
+  through the one generation path --mode=sample uses."""
+  base, base_run, base_step, base_state = model or (config, run, step, state)
+  c = base.copy_and_resolve_references()
+  for name, option in samplers.OPTIONS.items():  # the config's sampler options, reset
     c.sample[name] = option.default
   c.sample.sampler, c.sample.num_steps = sampler, num_steps
   c.sample.update(options)
-  generator = generate.Generator(dataclasses.replace(run, config=c), BATCH)
-  key = generate.sample_key(c, step)
-  batches = [generator.batch(state.ema_params, key, b)[0] for b in range(-(-COUNT // BATCH))]
+  generator = generate.Generator(dataclasses.replace(base_run, config=c), BATCH)
+  key = generate.sample_key(c, base_step)
+  batches = [generator.batch(base_state.ema_params, key, b)[0] for b in range(-(-COUNT // BATCH))]
   return np.concatenate(batches)[:COUNT]
 
 
@@ -185,6 +187,7 @@ FLOW_WORKDIR = tempfile.mkdtemp(prefix="jaxdiff-flow-")
 loop.train(flow_config, FLOW_WORKDIR)
 flow_run = run_lib.setup(flow_config, FLOW_WORKDIR)
 flow_step, flow_state = run_lib.restore_for_inference(flow_run)
+FLOW_MODEL = (flow_config, flow_run, flow_step, flow_state)
 
 FLOW_VARIANTS = {  # label: (sampler, options, NFE → steps)
   "flow Euler": ("flow_euler", {}, lambda nfe: nfe),
@@ -195,24 +198,14 @@ FLOW_VARIANTS = {  # label: (sampler, options, NFE → steps)
 assert FLOW_ONLY <= {v[0] for v in FLOW_VARIANTS.values()}
 
 
-def draw_flow(sampler, options, num_steps):
-  c = flow_config.copy_and_resolve_references()
-  for name, option in samplers.OPTIONS.items():
-    c.sample[name] = option.default
-  c.sample.sampler, c.sample.num_steps = sampler, num_steps
-  c.sample.update(options)
-  generator = generate.Generator(dataclasses.replace(flow_run, config=c), BATCH)
-  key = generate.sample_key(c, flow_step)
-  batches = [generator.batch(flow_state.ema_params, key, b)[0] for b in range(-(-COUNT // BATCH))]
-  return np.concatenate(batches)[:COUNT]
-
-
 print(f"{'':28s}" + "".join(f"{'NFE ' + str(n):>9s}" for n in NFES))
 for label, (sampler, options, steps_for) in FLOW_VARIANTS.items():
   cells = []
   for nfe in NFES:
     steps = steps_for(nfe)
-    cells.append(f"{score(draw_flow(sampler, options, steps)):9.2f}" if steps else f"{'—':>9s}")
+    cells.append(
+      f"{score(draw(sampler, options, steps, FLOW_MODEL)):9.2f}" if steps else f"{'—':>9s}"
+    )
   print(f"{label:28s}" + "".join(cells))
 
 # %% [markdown]
