@@ -87,6 +87,18 @@ def float64_schedulers(*modules, default_dtype=False):
     torch.set_default_dtype(saved[1])
 
 
+class NoiseRecorder:
+  """Wraps diffusers' randn_tensor and keeps every draw it hands out, in order."""
+
+  def __init__(self, draw):
+    self.draw, self.draws = draw, []
+
+  def __call__(self, *args, **kwargs):
+    out = self.draw(*args, **kwargs)
+    self.draws.append(out.clone())
+    return out
+
+
 def run_loop(scheduler, c, x_T, wide, step=None):
   """diffusers' sampling loop on the toy model at case `c`'s gain and step count, from x_T in
   float32 or, if `wide`, float64: (the last x, the model-call timesteps). `step(i, t, x, out)`

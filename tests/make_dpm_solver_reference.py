@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from diffusers.schedulers import scheduling_dpmsolver_multistep as dpm_module
 from diffusers_reference import (
+  NoiseRecorder,
   float64_schedulers,
   multistep_options,
   run_loop,
@@ -27,18 +28,6 @@ from diffusers_reference import (
   write_multistep_reference,
 )
 from make_sampler_reference import betas64
-
-
-class NoiseRecorder:
-  """Wraps diffusers' randn_tensor and keeps every draw it hands out, in order."""
-
-  def __init__(self, draw):
-    self.draw, self.draws = draw, []
-
-  def __call__(self, *args, **kwargs):
-    out = self.draw(*args, **kwargs)
-    self.draws.append(out.clone())
-    return out
 
 
 def make_scheduler(c, wide):

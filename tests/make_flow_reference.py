@@ -36,7 +36,7 @@ from diffusers.schedulers import (
   scheduling_flow_match_heun_discrete,
   scheduling_unipc_multistep,
 )
-from diffusers_reference import float64_schedulers, save, toy_model
+from diffusers_reference import NoiseRecorder, float64_schedulers, save, toy_model
 from make_sampler_reference import SHAPE
 
 GAIN = 0.5  # v = 0.5·x + 0.05 sin(t / 100)
@@ -146,18 +146,6 @@ def make_scheduler(sampler, c):
     else:
       scheduler = diffusers.DPMSolverMultistepScheduler(**flow, algorithm_type=c["algorithm"])
   return scheduler, timesteps
-
-
-class NoiseRecorder:
-  """Wraps diffusers' randn_tensor and keeps every draw it hands out, in order."""
-
-  def __init__(self, draw):
-    self.draw, self.draws = draw, []
-
-  def __call__(self, *args, **kwargs):
-    out = self.draw(*args, **kwargs)
-    self.draws.append(out.clone())
-    return out
 
 
 def run(sampler, c, x_T, wide, noise=None):
