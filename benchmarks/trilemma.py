@@ -6,8 +6,9 @@
     python benchmarks/trilemma.py --out=runs/trilemma --data=digits   # the same on the digits
 
 Trains, with jaxdiff's own configs, one run of each family — the VAE (its prior samples), the GAN,
-pixel diffusion, latent diffusion (on that VAE's latents) and the consistency-distilled student of
-the pixel model (1 step) — each for the same wall-clock budget on this CPU: every family's training
+pixel diffusion, a flow-matching model (rectified flow, as SD3 trains it), latent diffusion (on that
+VAE's latents) and the consistency-distilled student of the pixel model (1 step) — each for the
+same wall-clock budget on this CPU: every family's training
 rate is measured first (a short calibration run), and its steps are set to budget × rate. Then:
 
   stability      each family again with 3 seeds × 2 learning rates (its config's and 2×), at the
@@ -20,8 +21,8 @@ rate is measured first (a short calibration run), and its steps are set to budge
   mode coverage  modes covered of 1,000 and KL(mode histogram ‖ uniform) in nats, on --samples
                  (jaxdiff/metrics/modes.py), beside the real training triples' at the same N
   likelihood     bits/dim on the same test images: the VAE's ELBO, the pixel model's diffusion
-                 bound; none for the GAN, the consistency model and the latent model (whose bound
-                 is on latents)
+                 bound, the flow model's probability-flow ODE (ODE below); none for the GAN, the
+                 consistency model and the latent model (whose bound is on latents)
   speed          network evaluations per image and ms per image after compilation, batch 500
                  (the median batch), the sampler's compile seconds and XLA's count of its
                  program's memory; beside it each family's training rate (its calibration
@@ -30,13 +31,18 @@ rate is measured first (a short calibration run), and its steps are set to budge
 
 The GAN gets what its literature uses: R1, an EMA generator, Adam β₁ = 0, and a sweep of the
 discriminator/generator learning-rate ratio (1, 2, 4) at the sweep budget, the best of which
-(lowest Fréchet distance) is what the headline and the stability rows use. Prints one JSON line per
+(lowest Fréchet distance) is what the headline and the stability rows use (its run at that ratio is
+the stability sweep's run of the same seed at 1×). Prints one JSON line per
 result, a markdown table, and writes a figure (quality vs coverage vs speed) with --figure.
 
---quick: 8 s of training per run, 300 samples (200 in the sweep), bits/dim on 16 test images, one
-seed × 2 learning rates (the headline run is the sweep's 1× run), the GAN at its config's ratio
-(no ratio sweep), one step per call, calibration in this process (no peak RSS) and JAX's
-persistent compilation cache in OUT/compile_cache: every row, and numbers that say nothing.
+Budgets: 180 s of training per headline run, 20 s per sweep run (the GAN's ratio sweep too), 10,000
+samples per headline run and 1,000 per sweep run, bits/dim on the first 256 test images.
+
+--quick: 6 s of training per run, 300 samples (200 in the sweep), bits/dim on 16 test images (the
+flow's with 10 RK4 steps), one seed × 2 learning rates (the headline run is the sweep's 1× run),
+the GAN at its config's ratio (no ratio sweep), one step per call, calibration in this process (no
+peak RSS) and JAX's persistent compilation cache in OUT/compile_cache: every row, and numbers that
+say nothing.
 """
 
 from __future__ import annotations
@@ -94,6 +100,7 @@ FAMILIES = {
   ),
   "GAN": Family("digits_gan", "non-saturating GAN loss + R1 (γ/2·‖∇D(x)‖²)"),
   "pixel diffusion": Family("digits", "v-prediction MSE, Min-SNR-5 (a weighted ELBO)"),
+  "flow matching": Family("digits_flow", "flow matching: ‖v̂ − (ε − x₀)‖², σ ~ logit-normal"),
   "latent diffusion": Family(
     "digits_latent", "v-prediction MSE on the VAE's latents", needs="VAE", overrides=AT_16
   ),
@@ -115,6 +122,25 @@ def make_config(family: Family, data: str, overrides: dict):
   config.update_from_flattened_dict({**wanted, **overrides})
   config_lib.validate(config)
   return config
+
+
+def given_mismatch(name: str, folder: pathlib.Path, data: str) -> str | None:
+  """Why the workdir `folder` cannot stand for the family `name` on `data` (None if it can): its
+  network, loss and codec must be the family's config's, its data `data`, its model unconditional."""
+  saved = run_lib.saved_config(folder)
+  family = FAMILIES[name]
+  want = config_lib.load_file(shipped_configs.shipped(family.config))
+  keys = ("model.arch", "diffusion.loss", "codec.name")
+  read = lambda c, key: c[key.split(".")[0]][key.split(".")[1]]
+  for key in keys:
+    if read(saved, key) != read(want, key):
+      return (f"{folder} is a {read(saved, key)!r} run ({key}), not the {name} of "
+              f"configs/{family.config}.py ({key}={read(want, key)!r})")  # fmt: skip
+  if saved.data.name != data:
+    return f"{folder} was trained on data.name={saved.data.name!r}, this table is on {data!r}"
+  if saved.model.get("class_conditional"):
+    return f"{folder} is class-conditional; the models of this table are unconditional"
+  return None
 
 
 def use_compile_cache(folder) -> None:
@@ -258,14 +284,23 @@ def draw(workdir: pathlib.Path, count: int, batch_size: int = 500) -> tuple[np.n
   return np.concatenate(batches)[:count], speed
 
 
-def likelihood(workdir: pathlib.Path, examples: int, timesteps: int) -> float | None:
-  """Bits/dim of the first `examples` test images (the VAE's ELBO, the diffusion bound), or None
-  for a model that has none on pixels."""
+# the flow model's bits/dim through its probability-flow ODE: adaptive Dormand–Prince at tolerance
+# 1e-4 (the samplers' 10 steps are far coarser) and 2 Rademacher probes of the divergence per image
+# (an unbiased estimate; the per-image spread of probes is small next to the spread over images)
+# (--quick: 10 fixed RK4 steps, a number that says nothing, in seconds rather than a minute)
+ODE = {"ode_solver": "dopri5", "ode_rtol": 1e-4, "ode_atol": 1e-4, "ode_probes": 2}
+QUICK_ODE = {"ode_solver": "rk4", "ode_steps": 10, "ode_probes": 2}
+
+
+def likelihood(workdir: pathlib.Path, examples: int, timesteps: int, ode=ODE) -> float | None:
+  """Bits/dim of the first `examples` test images (the VAE's ELBO, the diffusion bound, the flow
+  model's ODE), or None for a model that has none on pixels."""
   config = run_lib.saved_config(workdir)
   if not config.eval.bits_per_dim:
     return None
   config.eval.num_samples, config.eval.num_examples = 0, examples
   config.eval.num_timesteps = timesteps  # read by the diffusion bound only
+  config.eval.update(ode)  # read by a flow model's ODE only
   config.eval.batch_size = 64
   return float(evaluation.evaluate(config, workdir)["eval_bpd"])
 
@@ -298,14 +333,17 @@ def main():
       parser.error(f"--workdir takes FAMILY=DIR with FAMILY one of {list(FAMILIES)}, got {item!r}")
     if not (pathlib.Path(folder) / "config.json").exists():
       parser.error(f"--workdir {item!r}: {folder} is no jaxdiff workdir (it has no config.json)")
+    if why := given_mismatch(name, pathlib.Path(folder), args.data):
+      parser.error(f"--workdir {item!r}: {why}.")
     given[name] = pathlib.Path(folder)
   quick = args.quick
-  seconds = args.seconds or (8 if quick else 180)
+  seconds = args.seconds or (6 if quick else 180)
   # --quick: the sweep's budget is the headline's, whose run is then the sweep's first (seed 0, 1×)
-  sweep_seconds = (8 if quick else 30) if args.sweep_seconds is None else args.sweep_seconds
+  sweep_seconds = (6 if quick else 20) if args.sweep_seconds is None else args.sweep_seconds
   samples = args.samples or (300 if quick else 10_000)
   sweep_samples = args.sweep_samples or (200 if quick else 1_000)
   bpd_examples = 16 if quick else args.bpd_examples
+  ode = QUICK_ODE if quick else ODE
   seeds, lr_factors = ((0,), (1.0, 2.0)) if quick else ((0, 1, 2), (1.0, 2.0))
   # --quick: one step per call (its programs compile several times faster than a scan of 4; the
   # steps are the same) and one compilation per program (the persistent cache)
@@ -341,15 +379,18 @@ def main():
 
   # the GAN's ratio sweep first, at the sweep budget: the best ratio is the GAN's from then on
   # (a GAN workdir given keeps its own; no sweep budget or --quick, no sweep: the config's ratio)
-  ratio_scores = {}
+  ratio_scores, ratio_runs = {}, {}
   ratios = () if "GAN" in given or not sweep_seconds or quick else GAN_RATIOS
   for ratio in ratios:
     workdir = args.out / f"gan_ratio{ratio:g}"
-    result = train(config_of("GAN", headline, **{"gan.discriminator_lr_ratio": ratio}), workdir,
-                   sweep_seconds, rate_of("GAN", config_of("GAN", headline)))  # fmt: skip
+    config = config_of("GAN", headline, **{"gan.discriminator_lr_ratio": ratio})
+    result = train(config, workdir, sweep_seconds, rate_of("GAN", config_of("GAN", headline)))
     scored = judge(draw(workdir, sweep_samples)[0]) if not result["failed"] else None
     ratio_scores[ratio] = scored["frechet_distance"] if scored else math.inf
+    # the chosen ratio's run is also the stability sweep's (its seed, 1×) run: the same config
+    ratio_runs[ratio] = (config.seed, result, scored or {})
     print(json.dumps({"gan_ratio": ratio, **result, **(scored or {})}), flush=True)
+    shutil.rmtree(workdir, ignore_errors=True)
   if "GAN" in given:
     gan_ratio = run_lib.saved_config(given["GAN"]).gan.discriminator_lr_ratio
   elif ratio_scores:
@@ -372,7 +413,7 @@ def main():
       **result,
       **rates.get(name, {}),
       **judge(images),
-      "bits_per_dim": likelihood(workdir, bpd_examples, args.bpd_timesteps),
+      "bits_per_dim": likelihood(workdir, bpd_examples, args.bpd_timesteps, ode),
       **speed,
       "loss": family.loss,
     }
@@ -404,6 +445,8 @@ def main():
         ):  # this run is the headline's: scored on its first samples
           result, images = headline_runs[name][1:]
           scored = judge(images[:sweep_samples]) if not result["failed"] else {}
+        elif name == "GAN" and (seed, factor) == (ratio_runs.get(gan_ratio, (None,))[0], 1.0):
+          result, scored = ratio_runs[gan_ratio][1:]  # the ratio sweep's run at this ratio
         else:
           result = train(config, workdir, sweep_seconds, rate_of(name, config))
           scored = judge(draw(workdir, sweep_samples)[0]) if not result["failed"] else {}
