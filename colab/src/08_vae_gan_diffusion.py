@@ -420,9 +420,10 @@ for name in FAMILIES:
 # ## The full benchmark
 #
 # `benchmarks/trilemma.py` (in a checkout of the repository; it is not part of the installed
-# package) makes the comparison properly: it trains the VAE, the GAN, pixel diffusion, latent
-# diffusion on the VAE's latents and the consistency-distilled student of the pixel model (one
-# step), each for the same measured wall-clock budget, sweeps the GAN's learning-rate ratio,
+# package) makes the comparison properly: it trains the VAE, the GAN, pixel diffusion, a
+# flow-matching model (the same U-Net trained on straight paths, as SD3 trains), latent diffusion
+# on the VAE's latents and the consistency-distilled student of the pixel model (one step), each
+# for the same measured wall-clock budget, sweeps the GAN's learning-rate ratio,
 # reruns every family over seeds and learning rates for the stability columns, scores 10,000
 # samples per model and writes a figure. Its measured table, the answer to whether the claims
 # hold, is recorded in `benchmarks/RESULTS.md`.
