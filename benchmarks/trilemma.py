@@ -369,7 +369,11 @@ def main():
       wanted["teacher.workdir"] = str(headline["pixel diffusion"])
     return make_config(family, args.data, wanted)
 
-  rates, headline, rows, headline_runs = {}, {}, [], {}
+  rates, headline, rows = {}, {}, []
+  # runs at the sweep budget already made, by their config (a run is its config and budget): the
+  # GAN's ratio sweep's, and the headline's when the budgets are equal (--quick); the stability
+  # sweep takes a run of the same config from here instead of training it again
+  made = {}
 
   def rate_of(name, config):
     if "steps_per_sec" not in rates.get(name, {}):
@@ -379,16 +383,16 @@ def main():
 
   # the GAN's ratio sweep first, at the sweep budget: the best ratio is the GAN's from then on
   # (a GAN workdir given keeps its own; no sweep budget or --quick, no sweep: the config's ratio)
-  ratio_scores, ratio_runs = {}, {}
+  ratio_scores = {}
   ratios = () if "GAN" in given or not sweep_seconds or quick else GAN_RATIOS
   for ratio in ratios:
     workdir = args.out / f"gan_ratio{ratio:g}"
     config = config_of("GAN", headline, **{"gan.discriminator_lr_ratio": ratio})
+    key = config.to_json()  # before train() sets the steps
     result = train(config, workdir, sweep_seconds, rate_of("GAN", config_of("GAN", headline)))
     scored = judge(draw(workdir, sweep_samples)[0]) if not result["failed"] else None
     ratio_scores[ratio] = scored["frechet_distance"] if scored else math.inf
-    # the chosen ratio's run is also the stability sweep's (its seed, 1×) run: the same config
-    ratio_runs[ratio] = (config.seed, result, scored or {})
+    made[key] = (result, scored or {})
     print(json.dumps({"gan_ratio": ratio, **result, **(scored or {})}), flush=True)
     shutil.rmtree(workdir, ignore_errors=True)
   if "GAN" in given:
@@ -401,6 +405,7 @@ def main():
 
   for name, family in FAMILIES.items():
     config = config_of(name, headline, **extra.get(name, {}))
+    key = config.to_json()
     if name in given:  # a workdir the user trained: scored as it is
       workdir, result = given[name], {"steps": None, "train_seconds": None, "failed": None}
     else:
@@ -419,8 +424,8 @@ def main():
     }
     print(json.dumps(row), flush=True)
     rows.append(row)
-    if name not in given:
-      headline_runs[name] = (config.seed, result, images)
+    if name not in given and seconds == sweep_seconds:  # scored on its first samples
+      made[key] = (result, judge(images[:sweep_samples]) if not result["failed"] else {})
     np.savez(args.out / f"{workdir.name}_samples.npz", images)
 
   # stability: seeds × learning rates at the sweep budget
@@ -438,15 +443,8 @@ def main():
           **extra.get(name, {}),
         )
         workdir = args.out / "sweep" / f"{row['model'].split(' ')[0].lower()}_s{seed}_lr{factor:g}"
-        if name in headline_runs and (seed, factor, sweep_seconds) == (
-          headline_runs[name][0],
-          1.0,
-          seconds,
-        ):  # this run is the headline's: scored on its first samples
-          result, images = headline_runs[name][1:]
-          scored = judge(images[:sweep_samples]) if not result["failed"] else {}
-        elif name == "GAN" and (seed, factor) == (ratio_runs.get(gan_ratio, (None,))[0], 1.0):
-          result, scored = ratio_runs[gan_ratio][1:]  # the ratio sweep's run at this ratio
+        if (key := config.to_json()) in made:
+          result, scored = made[key]
         else:
           result = train(config, workdir, sweep_seconds, rate_of(name, config))
           scored = judge(draw(workdir, sweep_samples)[0]) if not result["failed"] else {}
